@@ -1,0 +1,3 @@
+"""Starvit clinical event processor."""
+
+__version__ = "0.1.0"
