@@ -1,0 +1,567 @@
+// HTTP layer: Medplum-compatible routes on node:http.
+import {
+  allOk,
+  badRequest,
+  formatSearchQuery,
+  getStatus,
+  isOk,
+  normalizeOperationOutcome,
+  notFound,
+  OperationOutcomeError,
+  tooManyRequests,
+} from '@medplum/core';
+import { FhirRouter } from '@medplum/fhir-router';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import {
+  authenticate,
+  handleAuthorizeGet,
+  handleAuthorizePost,
+  handleToken,
+  introspect,
+  Keys,
+  openidConfiguration,
+  userinfo,
+} from './auth.mjs';
+import { loadDefinitions } from './definitions.mjs';
+import { RequestRepository } from './repo.mjs';
+import { Store } from './store.mjs';
+import { SubscriptionEngine } from './subscriptions.mjs';
+
+const MAX_JSON_SIZE = 1024 * 1024; // Medplum maxJsonSize default '1mb'
+const VERSION = '5.2.13-devserver';
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const TRACEPARENT = /^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/;
+
+export function readConfig(env = process.env) {
+  const port = Number.parseInt(env.MEDPLUM_PORT ?? '8103', 10);
+  let baseUrl = env.MEDPLUM_BASE_URL || `http://127.0.0.1:${port}/`;
+  if (!baseUrl.endsWith('/')) {
+    baseUrl += '/';
+  }
+  const int = (name, def) => {
+    const v = env[name];
+    return v === undefined || v === '' ? def : Number.parseInt(v, 10);
+  };
+  return {
+    port,
+    host: env.MEDPLUM_HOST || '127.0.0.1',
+    baseUrl,
+    seedPath: env.DEVSERVER_SEED || new URL('../seed.json', import.meta.url).pathname,
+    snapshotPath: env.DEVSERVER_SNAPSHOT || undefined,
+    subscriptionConcurrency: Math.max(1, int('SUBSCRIPTION_CONCURRENCY', 20)),
+    subscriptionRetryBaseMs: int('SUBSCRIPTION_RETRY_BASE_MS', 20000),
+    subscriptionTimeoutMs: int('SUBSCRIPTION_TIMEOUT_MS', 120000),
+    autoDisableAfter: int('SUBSCRIPTION_AUTO_DISABLE_AFTER', 10),
+    autoDisableWindowS: int('SUBSCRIPTION_AUTO_DISABLE_WINDOW_S', 86400),
+    verbose: env.DEVSERVER_VERBOSE === '1',
+  };
+}
+
+function newStats() {
+  return {
+    started: new Date().toISOString(),
+    fhir: { total: 0, by_route: {}, by_status: {} },
+    token: { requests: 0, client_credentials: 0, authorization_code: 0 },
+    notifications: {
+      matched: 0,
+      attempts: 0,
+      delivered: 0,
+      failed_attempts: 0,
+      retries_scheduled: 0,
+      exhausted: 0,
+      stale_retries_dropped: 0,
+      dropped_inactive: 0,
+      dropped_deleted: 0,
+      auto_disabled: 0,
+      audit_events: 0,
+      first_attempts: 0,
+      first_attempt_latency_ms_total: 0,
+      first_attempt_latency_ms_max: 0,
+    },
+    faults_injected: 0,
+  };
+}
+
+function sendJson(res, status, body, headers = {}) {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', ...headers });
+  res.end(text);
+}
+
+function sendFhir(res, status, body, headers = {}) {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'Content-Type': 'application/fhir+json; charset=utf-8', ...headers });
+  res.end(text);
+}
+
+function sendOutcome(res, outcome, headers) {
+  sendFhir(res, getStatus(outcome), outcome, headers);
+}
+
+/** Reads the request body; rejects with 'too-large' past the limit (the rest is drained). */
+function readBody(req, limit = MAX_JSON_SIZE) {
+  return new Promise((resolve, reject) => {
+    const declared = Number.parseInt(req.headers['content-length'] ?? '', 10);
+    if (declared > limit) {
+      req.resume();
+      reject(new Error('too-large'));
+      return;
+    }
+    const chunks = [];
+    let size = 0;
+    let failed = false;
+    req.on('data', (c) => {
+      if (failed) {
+        return;
+      }
+      size += c.length;
+      if (size > limit) {
+        failed = true;
+        reject(new Error('too-large'));
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on('end', () => !failed && resolve(Buffer.concat(chunks)));
+    req.on('error', (e) => !failed && reject(e));
+  });
+}
+
+function parseForm(buf) {
+  return Object.fromEntries(new URLSearchParams(buf.toString('utf8')));
+}
+
+export function createApp(config) {
+  loadDefinitions();
+  const store = new Store();
+  const stats = newStats();
+  const router = new FhirRouter();
+  const app = { config, store, stats, router, keys: undefined, faults: [] };
+  const engine = new SubscriptionEngine(app);
+  app.engine = engine;
+  const emit = (event) => engine.onCommit(event);
+  app.emit = emit;
+  app.systemRepo = (projectId) =>
+    new RequestRepository(store, { system: true, projectId, author: { reference: 'system' }, extended: true, baseUrl: config.baseUrl }, emit);
+
+  // Medplum's $resend operation (project admins only).
+  router.add(
+    'POST',
+    ':resourceType/:id/$resend',
+    async (req, repo) => {
+      const body = req.body && typeof req.body === 'object' && !Array.isArray(req.body) ? req.body : {};
+      await repo.resendSubscriptions(req.params.resourceType, req.params.id, body);
+      return [allOk];
+    },
+    'operation'
+  );
+
+  // ---------------------------------------------------------------- state
+  function loadSeed() {
+    const bundle = JSON.parse(fs.readFileSync(config.seedPath, 'utf8'));
+    const repo = app.systemRepo();
+    for (const entry of bundle.entry ?? []) {
+      const r = entry.resource;
+      if (!r) {
+        continue;
+      }
+      repo.writeImpl({ ...r, meta: { ...(r.meta ?? {}) } }, undefined, true);
+    }
+  }
+
+  function loadState() {
+    if (config.snapshotPath && fs.existsSync(config.snapshotPath)) {
+      const data = JSON.parse(fs.readFileSync(config.snapshotPath, 'utf8'));
+      store.load(data.store);
+      app.keys = new Keys(data.keys);
+      return 'snapshot';
+    }
+    app.keys = new Keys();
+    loadSeed();
+    return 'seed';
+  }
+
+  function saveSnapshot() {
+    if (!config.snapshotPath) {
+      return false;
+    }
+    const tmp = config.snapshotPath + '.tmp';
+    fs.writeFileSync(tmp, JSON.stringify({ version: 1, savedAt: new Date().toISOString(), keys: app.keys.toJSON(), store: store.toJSON() }));
+    fs.renameSync(tmp, config.snapshotPath);
+    return true;
+  }
+
+  // ---------------------------------------------------------------- faults
+  function takeFault(kind, method, path) {
+    for (let i = 0; i < app.faults.length; i++) {
+      const f = app.faults[i];
+      if ((f.scope ?? 'fhir') !== kind && f.scope !== 'all') {
+        continue;
+      }
+      if (f.method && f.method.toUpperCase() !== method) {
+        continue;
+      }
+      if (f.pathPattern && !new RegExp(f.pathPattern).test(path)) {
+        continue;
+      }
+      if (f.skip > 0) {
+        f.skip--;
+        continue;
+      }
+      f.count--;
+      if (f.count <= 0) {
+        app.faults.splice(i, 1);
+      }
+      stats.faults_injected++;
+      return f;
+    }
+    return undefined;
+  }
+
+  async function applyFault(fault, res) {
+    if (fault.delayMs) {
+      await new Promise((r) => setTimeout(r, fault.delayMs));
+    }
+    const status = fault.status ?? 503;
+    if (status === 0) {
+      res.socket?.destroy();
+      return;
+    }
+    if (status === 429) {
+      const t = fault.resetSeconds ?? 60;
+      sendFhir(res, 429, tooManyRequests, { RateLimit: `"requests";r=0;t=${t}` });
+      return;
+    }
+    sendFhir(res, status, {
+      resourceType: 'OperationOutcome',
+      issue: [{ severity: 'error', code: status >= 500 ? 'exception' : 'processing', details: { text: fault.message ?? `Injected fault (status ${status})` } }],
+    });
+  }
+
+  // ---------------------------------------------------------------- FHIR
+  function routeKind(method, fhirPath) {
+    try {
+      const found = router.find(method, fhirPath);
+      return found?.data?.interaction ?? 'unknown';
+    } catch {
+      return 'unknown';
+    }
+  }
+
+  function searchUrl(searchRequest, offset, count) {
+    const sr = { ...searchRequest, offset, count };
+    const path = searchRequest.types?.length ? '' : searchRequest.resourceType;
+    return `${config.baseUrl}fhir/R4/${path}${formatSearchQuery(sr)}`;
+  }
+
+  function projectFeatures(projectId) {
+    return store.get('Project', projectId)?.features ?? [];
+  }
+
+  function capabilityStatement() {
+    return {
+      resourceType: 'CapabilityStatement',
+      status: 'active',
+      date: stats.started,
+      kind: 'instance',
+      fhirVersion: '4.0.1',
+      format: ['json'],
+      software: { name: 'Medplum devserver (stand-in)', version: VERSION },
+      implementation: { description: 'Local Medplum stand-in', url: config.baseUrl + 'fhir/R4' },
+      rest: [{ mode: 'server', security: { cors: true, service: [{ coding: [{ code: 'SMART-on-FHIR' }] }] } }],
+    };
+  }
+
+  async function handleFhir(req, res, url) {
+    const method = req.method;
+    let fhirPath = url.pathname.slice('/fhir/R4'.length).replace(/^\/+/, '');
+    const kind = routeKind(method, fhirPath);
+    stats.fhir.total++;
+    const routeKey = `${method} ${kind}`;
+    stats.fhir.by_route[routeKey] = (stats.fhir.by_route[routeKey] ?? 0) + 1;
+    const countStatus = (s) => (stats.fhir.by_status[s] = (stats.fhir.by_status[s] ?? 0) + 1);
+
+    const fault = takeFault('fhir', method, url.pathname);
+    if (fault) {
+      req.resume();
+      countStatus(fault.status ?? 503);
+      await applyFault(fault, res);
+      return;
+    }
+    if (fhirPath === 'metadata' && method === 'GET') {
+      countStatus(200);
+      sendFhir(res, 200, capabilityStatement());
+      return;
+    }
+
+    let ctx;
+    try {
+      ctx = authenticate(app, req.headers.authorization, req.headers['x-medplum-on-behalf-of']);
+    } catch (err) {
+      req.resume();
+      const outcome = normalizeOperationOutcome(err);
+      countStatus(getStatus(outcome));
+      sendOutcome(res, outcome);
+      return;
+    }
+
+    let body;
+    if (method === 'POST' || method === 'PUT' || method === 'PATCH') {
+      let buf;
+      try {
+        buf = await readBody(req);
+      } catch (err) {
+        const outcome = err.message === 'too-large' ? badRequest('File too large') : badRequest(String(err.message));
+        countStatus(400);
+        sendOutcome(res, outcome, { Connection: 'close' });
+        return;
+      }
+      const ct = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
+      if (buf.length) {
+        if (ct === 'application/x-www-form-urlencoded') {
+          body = parseForm(buf);
+        } else {
+          try {
+            body = JSON.parse(buf.toString('utf8'));
+          } catch {
+            countStatus(400);
+            sendOutcome(res, badRequest('Content could not be parsed'));
+            return;
+          }
+        }
+      }
+    }
+
+    const xTrace = req.headers['x-trace-id'];
+    const traceparent = req.headers['traceparent'];
+    const traceId =
+      typeof xTrace === 'string' && UUID.test(xTrace)
+        ? xTrace
+        : typeof traceparent === 'string' && TRACEPARENT.test(traceparent)
+          ? traceparent
+          : crypto.randomUUID();
+
+    const repo = new RequestRepository(
+      store,
+      {
+        projectId: ctx.projectId,
+        author: ctx.author,
+        accessPolicy: ctx.accessPolicy,
+        admin: ctx.admin,
+        extended: String(req.headers['x-medplum'] ?? '').toLowerCase() === 'extended',
+        traceId,
+        baseUrl: config.baseUrl,
+        searchUrl,
+      },
+      emit
+    );
+    const fhirReq = {
+      method,
+      url: fhirPath + url.search,
+      body,
+      params: {},
+      query: {},
+      headers: req.headers,
+      config: { transactions: projectFeatures(ctx.projectId).includes('transaction-bundles') },
+    };
+    let result;
+    try {
+      result = await router.handleRequest(fhirReq, repo);
+    } catch (err) {
+      result = [normalizeOperationOutcome(err)];
+    }
+    const [outcome, resource] = result;
+    const status = getStatus(outcome);
+    countStatus(status);
+    if (!isOk(outcome) || !resource) {
+      sendOutcome(res, outcome, { 'x-trace-id': traceId });
+      return;
+    }
+    const headers = { 'x-trace-id': traceId };
+    if (resource.meta?.versionId) {
+      headers.ETag = `W/"${resource.meta.versionId}"`;
+    }
+    if (resource.meta?.lastUpdated) {
+      headers['Last-Modified'] = new Date(resource.meta.lastUpdated).toUTCString();
+    }
+    if (status === 201 && resource.id) {
+      headers.Location = `${config.baseUrl}fhir/R4/${resource.resourceType}/${resource.id}/_history/${resource.meta?.versionId}`;
+    }
+    sendFhir(res, status, resource, headers);
+  }
+
+  // ---------------------------------------------------------------- dispatcher
+  async function handle(req, res) {
+    const url = new URL(req.url, 'http://localhost');
+    const path = url.pathname;
+    const method = req.method;
+
+    if (path === '/fhir/R4' || path.startsWith('/fhir/R4/')) {
+      return handleFhir(req, res, url);
+    }
+    if (path === '/healthcheck' || path === '/') {
+      return sendJson(res, 200, { ok: true, version: VERSION, postgres: true, redis: true, devserver: true });
+    }
+    if (path === '/.well-known/jwks.json') {
+      return sendJson(res, 200, { keys: [app.keys.jwk] });
+    }
+    if (path === '/.well-known/openid-configuration') {
+      return sendJson(res, 200, openidConfiguration(config.baseUrl));
+    }
+    if (path === '/.well-known/smart-configuration' || path === '/fhir/R4/.well-known/smart-configuration') {
+      const oc = openidConfiguration(config.baseUrl);
+      return sendJson(res, 200, { ...oc, capabilities: ['client-confidential-symmetric', 'client-public', 'sso-openid-connect', 'permission-v1'] });
+    }
+    if (path === '/oauth2/token' && method === 'POST') {
+      const fault = takeFault('token', method, path);
+      if (fault) {
+        req.resume();
+        return applyFault(fault, res);
+      }
+      let params;
+      try {
+        const buf = await readBody(req, 64 * 1024);
+        const ct = (req.headers['content-type'] ?? '').toLowerCase();
+        params = ct.includes('json') ? JSON.parse(buf.toString('utf8') || '{}') : parseForm(buf);
+      } catch {
+        return sendJson(res, 400, { error: 'invalid_request', error_description: 'Invalid request body' });
+      }
+      params.__remoteAddress = req.socket.remoteAddress;
+      let out;
+      try {
+        out = handleToken(app, params, req.headers.authorization);
+      } catch (err) {
+        out = { status: 500, json: { error: 'server_error', error_description: String(err?.message ?? err) } };
+      }
+      return sendJson(res, out.status, out.json, { 'Cache-Control': 'no-store', Pragma: 'no-cache' });
+    }
+    if (path === '/oauth2/authorize' && (method === 'GET' || method === 'POST')) {
+      let params = Object.fromEntries(url.searchParams);
+      if (method === 'POST') {
+        params = { ...params, ...parseForm(await readBody(req, 64 * 1024)) };
+      }
+      const out = method === 'GET' ? handleAuthorizeGet(app, params) : handleAuthorizePost(app, params);
+      if (out.status === 302) {
+        res.writeHead(302, { Location: out.location });
+        return res.end();
+      }
+      res.writeHead(out.status, { 'Content-Type': 'text/html; charset=utf-8' });
+      return res.end(out.html);
+    }
+    if (path === '/oauth2/userinfo') {
+      try {
+        const ctx = authenticate(app, req.headers.authorization);
+        return sendJson(res, 200, userinfo(app, ctx));
+      } catch (err) {
+        return sendOutcome(res, normalizeOperationOutcome(err));
+      }
+    }
+    if (path === '/oauth2/introspect' && method === 'POST') {
+      const params = parseForm(await readBody(req, 64 * 1024));
+      return sendJson(res, 200, introspect(app, params.token));
+    }
+    if (path === '/oauth2/logout') {
+      req.resume();
+      try {
+        const ctx = authenticate(app, req.headers.authorization);
+        app.systemRepo().writeImpl({ ...ctx.login, revoked: true }, ctx.login, false);
+        return sendJson(res, 200, { ok: true });
+      } catch (err) {
+        return sendOutcome(res, normalizeOperationOutcome(err));
+      }
+    }
+
+    // ---------------------------------------------------------- stand-in-only endpoints
+    if (path === '/_devserver/stats' && method === 'GET') {
+      const n = stats.notifications;
+      return sendJson(res, 200, {
+        ...stats,
+        notifications: {
+          ...n,
+          first_attempt_latency_ms_avg: n.first_attempts ? n.first_attempt_latency_ms_total / n.first_attempts : 0,
+          queued: engine.queue.length,
+          in_flight: engine.running,
+          retries_pending: engine.timers.size,
+        },
+        faults_pending: app.faults,
+      });
+    }
+    if (path === '/_devserver/reset-stats' && method === 'POST') {
+      req.resume();
+      Object.assign(stats, newStats());
+      return sendJson(res, 200, { ok: true });
+    }
+    if (path === '/_devserver/fault') {
+      if (method === 'GET') {
+        return sendJson(res, 200, { faults: app.faults });
+      }
+      if (method === 'DELETE') {
+        app.faults = [];
+        return sendJson(res, 200, { ok: true, faults: [] });
+      }
+      if (method === 'POST') {
+        let spec;
+        try {
+          spec = JSON.parse((await readBody(req, 64 * 1024)).toString('utf8') || '{}');
+        } catch {
+          return sendJson(res, 400, { error: 'invalid JSON' });
+        }
+        const fault = {
+          status: spec.status ?? 503,
+          count: spec.count ?? 1,
+          skip: spec.skip ?? 0,
+          method: spec.method,
+          pathPattern: spec.pathPattern,
+          scope: spec.scope ?? 'fhir',
+          resetSeconds: spec.resetSeconds ?? 60,
+          delayMs: spec.delayMs ?? 0,
+          message: spec.message,
+        };
+        if (![0, 429, 500, 502, 503, 504].includes(fault.status) && !(fault.status >= 400 && fault.status < 600)) {
+          return sendJson(res, 400, { error: 'status must be 0 (drop connection) or 4xx/5xx' });
+        }
+        app.faults.push(fault);
+        return sendJson(res, 200, { ok: true, faults: app.faults });
+      }
+    }
+    if (path === '/_devserver/snapshot' && method === 'POST') {
+      req.resume();
+      return sendJson(res, 200, { saved: saveSnapshot(), path: config.snapshotPath ?? null });
+    }
+    req.resume();
+    return sendOutcome(res, notFound);
+  }
+
+  const server = http.createServer((req, res) => {
+    handle(req, res).catch((err) => {
+      console.error('request failed', err);
+      if (!res.headersSent) {
+        const outcome = err instanceof OperationOutcomeError ? err.outcome : normalizeOperationOutcome(err);
+        sendOutcome(res, outcome);
+      } else {
+        res.end();
+      }
+    });
+  });
+  server.keepAliveTimeout = 65000;
+
+  return {
+    app,
+    server,
+    loadState,
+    saveSnapshot,
+    listen() {
+      return new Promise((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(config.port, config.host, () => resolve(server.address()));
+      });
+    },
+    async close() {
+      await engine.close();
+      server.closeAllConnections?.();
+      await new Promise((r) => server.close(() => r()));
+    },
+  };
+}
