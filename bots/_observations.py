@@ -1,0 +1,208 @@
+"""Shared FHIR-to-evidence mapping for the bots (no clinical formulas here).
+
+Every bot reads the notified Observation plus its prefetched searches; this module merges
+them (the notified version wins over a prefetched copy of the same resource), keeps the usable
+ones (status final, amended or corrected, a value and an effective time), and maps them onto
+the plain :class:`~app.domain.clinical.evidence.Measurement` the calculators take. The BMI
+evaluation is shared by the ``bmi`` and ``obesity`` bots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from app.domain.bot import BotEvent, Effect, Interaction, NoResult
+from app.domain.clinical.bmi import BODY_HEIGHT_LOINC, BODY_WEIGHT_LOINC, bmi_for_weight
+from app.domain.clinical.bmi import height_for_weight as _height_for_weight
+from app.domain.clinical.evidence import Measurement
+from app.domain.clinical.result import Citation, MetricResult, Outcome
+from app.domain.fhir_views import ObservationView, PatientView
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from datetime import date, datetime
+
+    from app.domain.bot import BotContext
+
+# NoResult outcome codes used by the bots beyond the calculators' own (``Outcome``).
+INVALID_INPUT: Final = Outcome.INVALID_INPUT.value
+NOT_APPLICABLE: Final = Outcome.NOT_APPLICABLE.value
+INSUFFICIENT_EVIDENCE: Final = Outcome.INSUFFICIENT_EVIDENCE.value
+NOT_USABLE: Final = "not_usable"  # the notified result is preliminary, cancelled, in error...
+
+# Prefetch names shared by the BMI and obesity bots.
+WEIGHTS = "weights"
+HEIGHTS = "heights"
+
+
+def observation_search(*loincs: str, count: int) -> str:
+    """A prefetch query for the patient's Observations with these LOINC codes, newest first."""
+    codes = ",".join(f"http://loinc.org|{code}" for code in loincs)
+    return f"Observation?subject={{{{patient}}}}&code={codes}&_sort=-date&_count={count}"
+
+
+def trigger_criteria(*loincs: str) -> str:
+    """A Subscription criteria on Observation codes (a token search, matched in memory)."""
+    return "Observation?code=" + ",".join(f"http://loinc.org|{code}" for code in loincs)
+
+
+def notified_observation(event: BotEvent) -> ObservationView | list[Effect]:
+    """The notified Observation, or the effects to return at once: ``[]`` for a delete (the
+    framework retracts what was derived from it), a ``NoResult`` for anything else."""
+    if event.interaction is Interaction.DELETE:
+        return []
+    resource = event.resource
+    if resource is None or resource.resource_type != "Observation":
+        kind = resource.resource_type if resource is not None else "nothing"
+        return [
+            NoResult(
+                f"the notified resource is {kind or 'untyped'}, not an Observation", INVALID_INPUT
+            )
+        ]
+    return ObservationView(resource.json)
+
+
+def patient_reference(event: BotEvent, notified: ObservationView) -> str | None:
+    return event.patient or notified.subject
+
+
+def merge_observations(
+    notified: ObservationView, prefetched: Iterable[ObservationView], patient: str | None
+) -> list[ObservationView]:
+    """The notified Observation plus the prefetched ones, one per resource (the notified
+    version replaces a prefetched copy), other patients' resources left out."""
+    merged: dict[str, ObservationView] = {}
+    for view in prefetched:
+        if patient is not None and view.subject is not None and view.subject != patient:
+            continue
+        merged.setdefault(view.reference, view)
+    merged[notified.reference] = notified
+    return sorted(merged.values(), key=lambda view: view.reference)
+
+
+def measurement_of(view: ObservationView) -> Measurement | None:
+    """The Observation's ``valueQuantity`` at its effective time, or None when either is
+    missing (an Observation without them is no evidence)."""
+    quantity = view.value_quantity
+    effective = view.effective
+    if quantity is None or effective is None:
+        return None
+    return Measurement(value=quantity.value, unit=quantity.unit, effective_at=effective)
+
+
+@dataclass(frozen=True, slots=True)
+class TimedObservation:
+    """A usable Observation with its measurement (``Timed`` for the domain's evidence rules)."""
+
+    view: ObservationView
+    measurement: Measurement
+
+    @property
+    def effective_at(self) -> datetime:
+        return self.measurement.effective_at
+
+
+def usable_measurements(views: Iterable[ObservationView], *loincs: str) -> list[TimedObservation]:
+    """Usable Observations with one of ``loincs`` and a value, oldest first (ties by id)."""
+    timed = [
+        TimedObservation(view, measurement)
+        for view in views
+        if view.usable
+        and view.has_loinc(*loincs)
+        and (measurement := measurement_of(view)) is not None
+    ]
+    return sorted(timed, key=lambda item: (item.effective_at, item.view.id))
+
+
+def malformed_notified(notified: ObservationView, *loincs: str) -> NoResult | None:
+    """A usable notified result of the bot's codes that carries no value or time cannot be
+    evidence: say so rather than silently compute from older data."""
+    if notified.usable and notified.has_loinc(*loincs) and measurement_of(notified) is None:
+        return NoResult(
+            f"{notified.reference} has no valueQuantity (value and unit) or no effective time",
+            INVALID_INPUT,
+        )
+    return None
+
+
+def patient_birth_date(patient: PatientView | None) -> date | NoResult:
+    if patient is None:
+        return NoResult("the Patient was not available to the bot", INSUFFICIENT_EVIDENCE)
+    birth_date = patient.birth_date
+    if birth_date is None:
+        return NoResult(
+            "Patient.birthDate is missing or partial: the age cannot be computed",
+            INSUFFICIENT_EVIDENCE,
+        )
+    return birth_date
+
+
+def no_result_of(result: MetricResult) -> NoResult:
+    return NoResult(result.reason or "no result", result.outcome.value)
+
+
+def day(moment: datetime) -> str:
+    """The calendar date of an evidence time, in the evidence's own offset."""
+    return moment.date().isoformat()
+
+
+def quantity_text(measurement: Measurement) -> str:
+    return f"{measurement.value:g} {measurement.unit}"
+
+
+def cite(citation: Citation) -> str:
+    return f"Source: {citation.source}. {citation.url}"
+
+
+# ------------------------------------------------------------------------ BMI (bmi, obesity)
+
+
+@dataclass(frozen=True, slots=True)
+class BmiEvaluation:
+    """A computed adult BMI and the exact weight and height it comes from."""
+
+    result: MetricResult
+    value: float  # the reported BMI (``result.value``), kg/m2
+    weight: TimedObservation
+    height: TimedObservation
+
+
+def evaluate_bmi(event: BotEvent, context: BotContext) -> BmiEvaluation | list[Effect]:
+    """The BMI of the newest usable weight (the notified one included), paired with a height
+    by the domain's evidence rule; otherwise the effects to return (``[]`` or a NoResult)."""
+    notified = notified_observation(event)
+    if isinstance(notified, list):
+        return notified
+    if (
+        malformed := malformed_notified(notified, BODY_WEIGHT_LOINC, BODY_HEIGHT_LOINC)
+    ) is not None:
+        return [malformed]
+    views = merge_observations(
+        notified,
+        [*context.observations(WEIGHTS), *context.observations(HEIGHTS)],
+        patient_reference(event, notified),
+    )
+    weights = usable_measurements(views, BODY_WEIGHT_LOINC)
+    if not weights:
+        return [
+            NoResult(
+                "no usable body weight (29463-7): final, amended or corrected, with a value",
+                INSUFFICIENT_EVIDENCE,
+            )
+        ]
+    weight = weights[-1]
+    birth_date = patient_birth_date(context.patient)
+    if isinstance(birth_date, NoResult):
+        return [birth_date]
+    # Heights by id, so that among heights taken at the same instant the choice is stable.
+    heights = sorted(usable_measurements(views, BODY_HEIGHT_LOINC), key=lambda h: h.view.id)
+    height = _height_for_weight(weight.effective_at, heights)
+    result = bmi_for_weight(
+        weight.measurement,
+        [height.measurement] if height is not None else [],
+        birth_date=birth_date,
+    )
+    if result.value is None or height is None:
+        return [no_result_of(result)]
+    return BmiEvaluation(result=result, value=result.value, weight=weight, height=height)

@@ -1,0 +1,353 @@
+"""Blood-pressure bot: average over recent occasions (ACC/AHA 2017) and hypertensive crisis.
+
+Logic: docs/CLINICAL_LOGIC.md "Blood pressure" (``app.domain.clinical.blood_pressure``).
+Readings come from panels (85354-9, legacy 55284-4) with components 8480-6 / 8462-4, and from
+single systolic / diastolic Observations paired by the domain's ``pair_readings``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from app.domain.bot import (
+    BotContext,
+    BotDeclaration,
+    BotEvent,
+    Effect,
+    Evidence,
+    Interaction,
+    NoResult,
+    ObservationComponentValue,
+    OpenReviewTask,
+    Prefetch,
+    ProposeObservation,
+    Trigger,
+)
+from app.domain.clinical.blood_pressure import (
+    ACC_AHA_2017,
+    AVERAGE_DECIMALS,
+    AVERAGING_WINDOW,
+    BP_PANEL_LOINC,
+    DIASTOLIC_LOINC,
+    MM_HG,
+    PAIRING_TOLERANCE,
+    SYSTOLIC_LOINC,
+    BloodPressureAssessment,
+    BloodPressureCategory,
+    BloodPressureReading,
+    assess_blood_pressure,
+    hypertensive_crisis_suggestion,
+    pair_readings,
+)
+from app.domain.clinical.evidence import ADULT_AGE_YEARS, age_in_years
+from app.domain.clinical.result import round_half_up
+from app.domain.fhir_views import LOINC, ObservationView
+from app.domain.units import UnitConversionError, convert
+from bots._observations import (
+    INSUFFICIENT_EVIDENCE,
+    INVALID_INPUT,
+    NOT_APPLICABLE,
+    TimedObservation,
+    cite,
+    day,
+    merge_observations,
+    notified_observation,
+    observation_search,
+    patient_birth_date,
+    patient_reference,
+    trigger_criteria,
+    usable_measurements,
+)
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+# Blood pressure panel as coded by Synthea up to v2.4 (and older systems); same components.
+LEGACY_BP_PANEL_LOINC = "55284-4"
+PANEL_LOINCS = (BP_PANEL_LOINC, LEGACY_BP_PANEL_LOINC)
+READINGS = "blood-pressure"
+
+# The average is proposed as a 85354-9 panel (value in the components 8480-6 / 8462-4) whose
+# category text says it is an average; LOINC has no dedicated code for a multi-day mean of
+# office readings.
+AVERAGE_DISPLAY = "Blood pressure panel with all children optional"
+SYSTOLIC_DISPLAY = "Systolic blood pressure"
+DIASTOLIC_DISPLAY = "Diastolic blood pressure"
+
+CATEGORY_LABELS: dict[str, str] = {
+    BloodPressureCategory.NORMAL: "normal",
+    BloodPressureCategory.ELEVATED: "elevated",
+    BloodPressureCategory.STAGE_1_HYPERTENSION: "stage 1 hypertension",
+    BloodPressureCategory.STAGE_2_HYPERTENSION: "stage 2 hypertension",
+}
+
+DECLARATION = BotDeclaration(
+    name="blood-pressure",
+    version="1.0.0",
+    title="Blood pressure average and hypertensive crisis",
+    citation=ACC_AHA_2017,
+    trigger=Trigger(
+        resource_type="Observation",
+        criteria=trigger_criteria(
+            BP_PANEL_LOINC, LEGACY_BP_PANEL_LOINC, SYSTOLIC_LOINC, DIASTOLIC_LOINC
+        ),
+        interactions=(Interaction.CREATE, Interaction.UPDATE, Interaction.DELETE),
+    ),
+    prefetch=(
+        Prefetch(
+            READINGS,
+            observation_search(
+                BP_PANEL_LOINC, LEGACY_BP_PANEL_LOINC, SYSTOLIC_LOINC, DIASTOLIC_LOINC, count=50
+            ),
+        ),
+    ),
+    description=(
+        "Average of the readings of the 30 days ending at the newest one (at least 2 occasions) "
+        "with its ACC/AHA 2017 category, and an urgent Task for a notified crisis reading."
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SourcedReading:
+    """A reading and the Observation(s) it was read from (a panel, or two singles)."""
+
+    reading: BloodPressureReading
+    sources: tuple[ObservationView, ...]
+
+
+def _component(view: ObservationView, loinc: str) -> tuple[float, str] | None:
+    for component in view.components:
+        if component.has_code(LOINC, loinc) and component.value is not None:
+            return component.value.value, component.value.unit
+    return None
+
+
+def panel_readings(views: list[ObservationView]) -> list[SourcedReading]:
+    readings: list[SourcedReading] = []
+    for view in views:
+        if not (view.usable and view.has_loinc(*PANEL_LOINCS)):
+            continue
+        systolic = _component(view, SYSTOLIC_LOINC)
+        diastolic = _component(view, DIASTOLIC_LOINC)
+        effective = view.effective
+        if systolic is None or diastolic is None or effective is None:
+            continue
+        reading = BloodPressureReading(
+            systolic=systolic[0],
+            diastolic=diastolic[0],
+            taken_at=effective,
+            systolic_unit=systolic[1],
+            diastolic_unit=diastolic[1],
+        )
+        readings.append(SourcedReading(reading, (view,)))
+    return readings
+
+
+def single_readings(views: list[ObservationView]) -> list[SourcedReading]:
+    """Single systolic / diastolic Observations paired by the domain rule, each reading traced
+    back to the two Observations it came from."""
+    singles = [view for view in views if not view.has_loinc(*PANEL_LOINCS)]
+    systolics = usable_measurements(singles, SYSTOLIC_LOINC)
+    diastolics = usable_measurements(singles, DIASTOLIC_LOINC)
+    paired = pair_readings(
+        [item.measurement for item in systolics], [item.measurement for item in diastolics]
+    )
+    used: set[str] = set()
+    readings: list[SourcedReading] = []
+    for reading in paired:
+        systolic = _find(
+            systolics, used, reading.systolic, reading.systolic_unit, reading, exact_time=True
+        )
+        diastolic = _find(
+            diastolics, used, reading.diastolic, reading.diastolic_unit, reading, exact_time=False
+        )
+        if systolic is not None and diastolic is not None:
+            readings.append(SourcedReading(reading, (systolic.view, diastolic.view)))
+    return readings
+
+
+def _find(
+    items: list[TimedObservation],
+    used: set[str],
+    value: float,
+    unit: str,
+    reading: BloodPressureReading,
+    *,
+    exact_time: bool,
+) -> TimedObservation | None:
+    for item in items:
+        gap = abs(item.effective_at - reading.taken_at)
+        if (
+            item.view.reference not in used
+            and item.measurement.value == value
+            and item.measurement.unit == unit
+            and (gap.total_seconds() == 0 if exact_time else gap <= PAIRING_TOLERANCE)
+        ):
+            used.add(item.view.reference)
+            return item
+    return None
+
+
+def all_readings(views: list[ObservationView]) -> list[SourcedReading]:
+    """Panel readings plus paired singles (a pair repeating a panel reading is dropped),
+    oldest first."""
+    panels = panel_readings(views)
+    seen = {sourced.reading for sourced in panels}
+    singles = [sourced for sourced in single_readings(views) if sourced.reading not in seen]
+    return sorted(
+        [*panels, *singles],
+        key=lambda sourced: (sourced.reading.taken_at, sourced.sources[0].id),
+    )
+
+
+def in_mm_hg(value: float, unit: str) -> float | None:
+    try:
+        return round_half_up(convert(value, unit, MM_HG), AVERAGE_DECIMALS)
+    except UnitConversionError:
+        return None
+
+
+def _evidence(readings: list[SourcedReading]) -> tuple[Evidence, ...]:
+    seen: dict[str, Evidence] = {}
+    for sourced in readings:
+        for view in sourced.sources:
+            seen.setdefault(view.reference, Evidence.of(view))
+    return tuple(seen.values())
+
+
+def crisis_task(notified_reading: SourcedReading, notified: ObservationView) -> Effect | None:
+    """An urgent Task when the notified reading is at crisis level."""
+    suggestion = hypertensive_crisis_suggestion(assess_blood_pressure([notified_reading.reading]))
+    if suggestion is None:
+        return None
+    reading = notified_reading.reading
+    systolic = in_mm_hg(reading.systolic, reading.systolic_unit)
+    diastolic = in_mm_hg(reading.diastolic, reading.diastolic_unit)
+    shown = (
+        f"{systolic:g}/{diastolic:g} {MM_HG}"
+        if systolic is not None and diastolic is not None
+        else f"{reading.systolic:g} {reading.systolic_unit}/{reading.diastolic:g} "
+        f"{reading.diastolic_unit}"
+    )
+    # The notified Observation first: a Task without a proposal focuses on its first evidence.
+    evidence = (
+        Evidence.of(notified),
+        *(Evidence.of(v) for v in notified_reading.sources if v.reference != notified.reference),
+    )
+    return OpenReviewTask(
+        slot="hypertensive-crisis",
+        title=f"URGENT: BP {shown} — hypertensive crisis range",
+        rationale=(
+            f"Reading {shown} taken {reading.taken_at.isoformat()} "
+            f"({', '.join(v.reference for v in notified_reading.sources)}). "
+            f"{suggestion.rationale} {cite(suggestion.citation)}"
+        ),
+        priority="urgent",
+        evidence=evidence,
+        citation=suggestion.citation,
+    )
+
+
+def average_effects(
+    assessment: BloodPressureAssessment,
+    systolic: float,
+    diastolic: float,
+    window: list[SourcedReading],
+) -> list[Effect]:
+    label = CATEGORY_LABELS.get(assessment.category or "", str(assessment.category))
+    count = len(assessment.readings)
+    occasions = assessment.occasions
+    evidence = _evidence(window)
+    newest = window[-1].reading.taken_at
+    oldest = window[0].reading.taken_at
+    value = f"{systolic:g}/{diastolic:g} {MM_HG}"
+    return [
+        ProposeObservation(
+            slot="bp-average",
+            loinc=BP_PANEL_LOINC,
+            display=AVERAGE_DISPLAY,
+            value=None,
+            unit=MM_HG,
+            effective=newest,
+            evidence=evidence,
+            category=f"{label}; average of {count} readings on {occasions} occasions",
+            components=(
+                ObservationComponentValue(SYSTOLIC_LOINC, SYSTOLIC_DISPLAY, systolic, MM_HG),
+                ObservationComponentValue(DIASTOLIC_LOINC, DIASTOLIC_DISPLAY, diastolic, MM_HG),
+            ),
+        ),
+        OpenReviewTask(
+            slot="bp-average",
+            title=f"Review average BP {value} ({label})",
+            rationale=(
+                f"Average blood pressure {value} over {count} readings on {occasions} "
+                f"occasions from {day(oldest)} to {day(newest)} (the 30 days ending at the "
+                f"newest reading). ACC/AHA 2017 (Whelton et al. 2018, Table 6): {label}; BP "
+                f"is estimated from an average of >= 2 readings on >= 2 occasions. "
+                f"{cite(ACC_AHA_2017)}"
+            ),
+            priority="routine",
+            evidence=evidence,
+            citation=ACC_AHA_2017,
+        ),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class BloodPressureBot:
+    declaration: BotDeclaration = DECLARATION
+
+    def compute(self, event: BotEvent, context: BotContext) -> list[Effect]:
+        notified = notified_observation(event)
+        if isinstance(notified, list):
+            return notified
+        views = merge_observations(
+            notified, context.observations(READINGS), patient_reference(event, notified)
+        )
+        readings = all_readings(views)
+        if not readings:
+            return [NoResult("no usable blood pressure reading", INSUFFICIENT_EVIDENCE)]
+        newest_at = readings[-1].reading.taken_at
+        window = [s for s in readings if s.reading.taken_at >= newest_at - AVERAGING_WINDOW]
+        effects: list[Effect] = []
+        notified_reading = next(
+            (s for s in window if any(v.reference == notified.reference for v in s.sources)),
+            None,
+        )
+        if (
+            notified_reading is not None
+            and (task := crisis_task(notified_reading, notified)) is not None
+        ):
+            effects.append(task)
+        adult = self._adult_at(context, newest_at)
+        if adult is not None:
+            return [*effects, adult]
+        assessment = assess_blood_pressure([s.reading for s in window])
+        if assessment.systolic is None or assessment.diastolic is None:
+            return [*effects, NoResult(assessment.reason or "no average", assessment.outcome.value)]
+        return [
+            *effects,
+            *average_effects(assessment, assessment.systolic, assessment.diastolic, window),
+        ]
+
+    @staticmethod
+    def _adult_at(context: BotContext, newest_at: datetime) -> NoResult | None:
+        """None when the patient is an adult at the newest reading, else why not."""
+        birth_date = patient_birth_date(context.patient)
+        if isinstance(birth_date, NoResult):
+            return birth_date
+        try:
+            age = age_in_years(birth_date, newest_at.date())
+        except ValueError as exc:
+            return NoResult(f"blood pressure reading: {exc}", INVALID_INPUT)
+        if age < ADULT_AGE_YEARS:
+            return NoResult(
+                "ACC/AHA 2017 categories are for adults; children need BP percentiles",
+                NOT_APPLICABLE,
+            )
+        return None
+
+
+BOT = BloodPressureBot()

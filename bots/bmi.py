@@ -1,0 +1,131 @@
+"""BMI bot: body weight + body height -> a proposed BMI Observation (39156-5) for review.
+
+Logic: docs/CLINICAL_LOGIC.md "BMI" (``app.domain.clinical.bmi``); mapping: docs/BOTS.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.domain.bot import (
+    BotContext,
+    BotDeclaration,
+    BotEvent,
+    Effect,
+    Evidence,
+    Interaction,
+    OpenReviewTask,
+    Prefetch,
+    ProposeObservation,
+    Trigger,
+)
+from app.domain.clinical.bmi import (
+    BMI_LOINC,
+    BMI_UNIT,
+    BODY_HEIGHT_LOINC,
+    BODY_WEIGHT_LOINC,
+    WHO_BMI_CLASSIFICATION,
+    BmiCategory,
+)
+from bots._observations import (
+    HEIGHTS,
+    WEIGHTS,
+    BmiEvaluation,
+    cite,
+    day,
+    evaluate_bmi,
+    observation_search,
+    quantity_text,
+    trigger_criteria,
+)
+
+BMI_DISPLAY = "Body mass index (BMI) [Ratio]"
+
+# Labels of the WHO adult classes (WHO TRS 894, Table 2.1) as a clinician reads them.
+CATEGORY_LABELS: dict[str, str] = {
+    BmiCategory.UNDERWEIGHT: "underweight",
+    BmiCategory.NORMAL: "normal weight",
+    BmiCategory.OVERWEIGHT: "overweight",
+    BmiCategory.OBESITY_CLASS_1: "obesity class I",
+    BmiCategory.OBESITY_CLASS_2: "obesity class II",
+    BmiCategory.OBESITY_CLASS_3: "obesity class III",
+}
+
+DECLARATION = BotDeclaration(
+    name="bmi",
+    version="1.0.0",
+    title="Body mass index",
+    citation=WHO_BMI_CLASSIFICATION,
+    trigger=Trigger(
+        resource_type="Observation",
+        criteria=trigger_criteria(BODY_WEIGHT_LOINC, BODY_HEIGHT_LOINC),
+        interactions=(Interaction.CREATE, Interaction.UPDATE, Interaction.DELETE),
+    ),
+    prefetch=(
+        Prefetch(WEIGHTS, observation_search(BODY_WEIGHT_LOINC, count=20)),
+        Prefetch(HEIGHTS, observation_search(BODY_HEIGHT_LOINC, count=20)),
+    ),
+    description=(
+        "Adult BMI of the newest usable body weight with the latest height of the year before "
+        "it, proposed as a preliminary Observation with a routine review Task."
+    ),
+)
+
+
+def category_label(category: str | None) -> str:
+    return CATEGORY_LABELS.get(category or "", category or "uncategorised")
+
+
+def evidence_of(evaluation: BmiEvaluation) -> tuple[Evidence, ...]:
+    return (Evidence.of(evaluation.weight.view), Evidence.of(evaluation.height.view))
+
+
+def bmi_sentence(evaluation: BmiEvaluation) -> str:
+    """The numbers behind a BMI: value, weight and height with their dates and references."""
+    weight, height = evaluation.weight, evaluation.height
+    return (
+        f"BMI {evaluation.value:.1f} kg/m2 from body weight "
+        f"{quantity_text(weight.measurement)} on {day(weight.effective_at)} "
+        f"({weight.view.reference}) and body height {quantity_text(height.measurement)} on "
+        f"{day(height.effective_at)} ({height.view.reference})."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BmiBot:
+    declaration: BotDeclaration = DECLARATION
+
+    def compute(self, event: BotEvent, context: BotContext) -> list[Effect]:
+        evaluation = evaluate_bmi(event, context)
+        if not isinstance(evaluation, BmiEvaluation):
+            return evaluation
+        result = evaluation.result
+        label = category_label(result.category)
+        evidence = evidence_of(evaluation)
+        return [
+            ProposeObservation(
+                slot="bmi",
+                loinc=BMI_LOINC,
+                display=BMI_DISPLAY,
+                value=evaluation.value,
+                unit=BMI_UNIT,
+                effective=evaluation.weight.effective_at,
+                evidence=evidence,
+                category=label[:1].upper() + label[1:],
+            ),
+            OpenReviewTask(
+                slot="bmi",
+                title=f"Review BMI {evaluation.value:.1f} kg/m2 ({label})",
+                rationale=(
+                    f"{bmi_sentence(evaluation)} WHO adult classification (Technical Report "
+                    f"Series 894, Table 2.1): {label}. The derived BMI stays preliminary until "
+                    f"a clinician approves it. {cite(WHO_BMI_CLASSIFICATION)}"
+                ),
+                priority="routine",
+                evidence=evidence,
+                citation=WHO_BMI_CLASSIFICATION,
+            ),
+        ]
+
+
+BOT = BmiBot()
