@@ -1,0 +1,651 @@
+"""The only way this service talks to Medplum.
+
+One pooled ``httpx.AsyncClient`` with explicit timeouts, behind the outbound allowlist
+(:mod:`.transport`), authenticated with a cached client-credentials token (:mod:`.auth`),
+retrying only what is safe to replay (:mod:`.retry`). Responses are parsed with orjson into
+typed JSON views; no ``fhir.resources`` validation happens here (the hot path stays cheap).
+
+Nothing that could hold PHI - bodies, search values, URLs with their query - goes into an
+exception or a log event from this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+import httpx
+
+from app.domain.fhir_json import (
+    JSONObject,
+    dumps,
+    get_str,
+    loads_object,
+    version_id_of,
+)
+from app.integrations.medplum.auth import ClientCredentialsTokenProvider, Clock
+from app.integrations.medplum.config import MedplumClientConfig
+from app.integrations.medplum.errors import (
+    MedplumError,
+    MedplumRequestTooLarge,
+    MedplumUnavailable,
+)
+from app.integrations.medplum.responses import (
+    error_for_response,
+    is_success,
+    version_from_etag,
+)
+from app.integrations.medplum.results import (
+    BundleRequest,
+    BundleResponse,
+    CreateResult,
+    ResourceResult,
+    SearchResult,
+    entries_json,
+    entry_is_idempotent,
+    parse_bundle_response,
+)
+from app.integrations.medplum.retry import RetryPolicy, Sleep, is_retryable
+from app.integrations.medplum.transport import AllowlistTransport, OutboundAllowlist
+from app.observability.correlation import current_correlation_id
+from app.observability.logging import get_logger
+
+FHIR_JSON = "application/fhir+json"
+JSON_PATCH = "application/json-patch+json"
+USER_AGENT = "starvit-medplum-client/1"
+# Medplum's express.json limit (maxJsonSize "1mb"); larger bodies are a 400 "File too large".
+MAX_JSON_BODY_BYTES = 1_048_576
+# Medplum's FHIR quota, points per interaction (medplum-facts.md §4): benchmarks count these.
+POINTS = {"read": 1, "search": 20, "write": 100}
+
+_RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_TRACE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+type SearchParamValue = str | int | float | bool
+type SearchParams = (
+    Mapping[str, SearchParamValue | Sequence[SearchParamValue]] | Sequence[tuple[str, str]]
+)
+type BundleEntryInput = BundleRequest | Mapping[str, object]
+
+_log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    kind: str
+    method: str
+    url: str
+    resource_type: str | None
+    idempotent: bool
+    points: int
+    content: bytes | None = None
+    content_type: str | None = None
+    params: tuple[tuple[str, str], ...] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict[str, str])
+    accept_statuses: frozenset[int] = frozenset()
+    guarded_patch: bool = False
+
+
+class MedplumClient:
+    """Async Medplum FHIR R4 client. Use as ``async with MedplumClient(config) as medplum:``
+    or call :meth:`aclose` when done. Safe to share between tasks of one event loop."""
+
+    def __init__(
+        self,
+        config: MedplumClientConfig,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._config = config
+        self._allowlist = OutboundAllowlist(config.root_url, config.allowed_hosts)
+        inner = transport or httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(
+                max_connections=config.max_connections,
+                max_keepalive_connections=config.max_connections,
+            ),
+            retries=0,
+        )
+        self._http = httpx.AsyncClient(
+            base_url=config.fhir_base_url,
+            transport=AllowlistTransport(self._allowlist, inner),
+            timeout=httpx.Timeout(
+                connect=config.connect_timeout,
+                read=config.read_timeout,
+                write=config.read_timeout,
+                # Waiting for a pooled connection is load, not an outage: allow a read's time.
+                pool=config.read_timeout,
+            ),
+            headers={"Accept": FHIR_JSON, "User-Agent": USER_AGENT},
+            follow_redirects=False,
+            # No proxy or netrc from the environment: a proxy mount would bypass the allowlist.
+            trust_env=False,
+        )
+        self._retry = RetryPolicy(
+            max_attempts=config.max_attempts,
+            max_wait_seconds=config.max_retry_wait_seconds,
+            sleep=sleep,
+        )
+        self._auth = ClientCredentialsTokenProvider(
+            http=self._http,
+            token_url=config.token_url,
+            client_id=config.client_id,
+            client_secret=config.client_secret,
+            refresh_margin_seconds=config.token_refresh_margin_seconds,
+            retry_policy=self._retry,
+            clock=clock,
+        )
+        self._requests: Counter[str] = Counter()
+        self._retries: Counter[str] = Counter()
+        self._points = 0
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    @property
+    def config(self) -> MedplumClientConfig:
+        return self._config
+
+    @property
+    def allowlist(self) -> OutboundAllowlist:
+        return self._allowlist
+
+    # --- counters (benchmarks) -------------------------------------------------------------
+
+    @property
+    def request_count(self) -> dict[str, int]:
+        """HTTP requests sent, by kind (``read``, ``search``, ``create``, ... and ``token``),
+        retries and 401 re-sends included."""
+        counts = dict(self._requests)
+        if self._auth.token_requests:
+            counts["token"] = self._auth.token_requests
+        return counts
+
+    @property
+    def token_request_count(self) -> int:
+        return self._auth.token_requests
+
+    @property
+    def retry_count(self) -> dict[str, int]:
+        return dict(self._retries)
+
+    @property
+    def estimated_points(self) -> int:
+        """Medplum FHIR quota points of the requests sent (read 1, search 20, write 100)."""
+        return self._points
+
+    def reset_counters(self) -> None:
+        self._requests.clear()
+        self._retries.clear()
+        self._points = 0
+
+    # --- reads -----------------------------------------------------------------------------
+
+    async def read(self, resource_type: str, resource_id: str) -> ResourceResult:
+        _check_type(resource_type)
+        _check_id(resource_id)
+        call = _Call(
+            kind="read",
+            method="GET",
+            url=f"{resource_type}/{resource_id}",
+            resource_type=resource_type,
+            idempotent=True,
+            points=POINTS["read"],
+        )
+        return self._resource_result(await self._execute(call), call)
+
+    async def vread(self, resource_type: str, resource_id: str, version_id: str) -> ResourceResult:
+        _check_type(resource_type)
+        _check_id(resource_id)
+        _check_id(version_id)
+        call = _Call(
+            kind="vread",
+            method="GET",
+            url=f"{resource_type}/{resource_id}/_history/{version_id}",
+            resource_type=resource_type,
+            idempotent=True,
+            points=POINTS["read"],
+        )
+        return self._resource_result(await self._execute(call), call)
+
+    async def search(self, resource_type: str, params: SearchParams | None = None) -> SearchResult:
+        """One page of ``GET [base]/{type}?params``; ``next_url`` leads to the next page."""
+        _check_type(resource_type)
+        call = _Call(
+            kind="search",
+            method="GET",
+            url=resource_type,
+            resource_type=resource_type,
+            idempotent=True,
+            points=POINTS["search"],
+            params=_query_pairs(params),
+        )
+        return SearchResult.from_bundle(self._bundle_body(await self._execute(call), call))
+
+    async def search_pages(
+        self, resource_type: str, params: SearchParams | None = None, *, max_pages: int = 50
+    ) -> AsyncIterator[SearchResult]:
+        """Every page of a search, following the server's ``next`` links (which, like every
+        URL, must pass the allowlist), at most ``max_pages``."""
+        page = await self.search(resource_type, params)
+        yield page
+        pages = 1
+        while page.next_url and pages < max_pages:
+            call = _Call(
+                kind="search",
+                method="GET",
+                url=page.next_url,
+                resource_type=resource_type,
+                idempotent=True,
+                points=POINTS["search"],
+            )
+            page = SearchResult.from_bundle(self._bundle_body(await self._execute(call), call))
+            pages += 1
+            yield page
+
+    async def search_all(
+        self, resource_type: str, params: SearchParams | None = None, *, max_pages: int = 50
+    ) -> list[JSONObject]:
+        """The matched resources of every page (``_include``d ones left out)."""
+        resources: list[JSONObject] = []
+        async for page in self.search_pages(resource_type, params, max_pages=max_pages):
+            resources.extend(page.resources)
+        return resources
+
+    # --- writes ----------------------------------------------------------------------------
+
+    async def create(
+        self,
+        resource: Mapping[str, object],
+        *,
+        if_none_exist: str | None = None,
+        trace_id: str | None = None,
+    ) -> CreateResult:
+        """``POST [base]/{type}``. With ``if_none_exist`` (``identifier=system|value``): 201
+        created, 200 the one existing match (``created=False``), 412 several matches
+        (:class:`MedplumPreconditionFailed`). Only conditional creates are retried."""
+        resource_type = _type_of(resource)
+        headers = self._write_headers(trace_id)
+        if if_none_exist:
+            headers["If-None-Exist"] = if_none_exist
+        call = _Call(
+            kind="create",
+            method="POST",
+            url=resource_type,
+            resource_type=resource_type,
+            idempotent=bool(if_none_exist),
+            points=POINTS["write"],
+            content=dumps(resource),
+            content_type=FHIR_JSON,
+            headers=headers,
+        )
+        response = await self._execute(call)
+        result = self._resource_result(response, call)
+        return CreateResult(
+            resource=result.resource,
+            status_code=result.status_code,
+            version_id=result.version_id,
+            etag=result.etag,
+            location=result.location,
+            last_modified=result.last_modified,
+            created=response.status_code == 201,
+        )
+
+    async def update(
+        self,
+        resource: Mapping[str, object],
+        *,
+        if_match_version: str | None = None,
+        idempotent: bool | None = None,
+        trace_id: str | None = None,
+    ) -> ResourceResult:
+        """``PUT [base]/{type}/{id}``; with ``if_match_version`` sends ``If-Match: W/"v"``
+        (412 -> :class:`MedplumPreconditionFailed`) and is retried. Without it the update is
+        retried only if the caller declares ``idempotent=True``."""
+        resource_type = _type_of(resource)
+        resource_id = get_str(resource, "id")
+        if resource_id is None:
+            raise ValueError("update needs the resource id")
+        _check_id(resource_id)
+        headers = self._write_headers(trace_id)
+        if if_match_version is not None:
+            _check_id(if_match_version)
+            headers["If-Match"] = f'W/"{if_match_version}"'
+        call = _Call(
+            kind="update",
+            method="PUT",
+            url=f"{resource_type}/{resource_id}",
+            resource_type=resource_type,
+            idempotent=idempotent if idempotent is not None else if_match_version is not None,
+            points=POINTS["write"],
+            content=dumps(resource),
+            content_type=FHIR_JSON,
+            headers=headers,
+        )
+        return self._resource_result(await self._execute(call), call)
+
+    async def patch(
+        self,
+        resource_type: str,
+        resource_id: str,
+        operations: Sequence[Mapping[str, object]],
+        *,
+        expected_version: str | None = None,
+        idempotent: bool | None = None,
+        trace_id: str | None = None,
+    ) -> ResourceResult:
+        """JSON Patch. With ``expected_version`` the patch is guarded: it starts with
+        ``{"op": "test", "path": "/meta/versionId", "value": v}`` (the portable guard; Medplum
+        answers 400 "Test failed", mapped to :class:`MedplumPreconditionFailed`) and also
+        sends ``If-Match`` (honoured from Medplum 5.2). Guarded patches are retried."""
+        _check_type(resource_type)
+        _check_id(resource_id)
+        ops: list[Mapping[str, object]] = list(operations)
+        headers = self._write_headers(trace_id)
+        if expected_version is not None:
+            _check_id(expected_version)
+            ops.insert(0, {"op": "test", "path": "/meta/versionId", "value": expected_version})
+            headers["If-Match"] = f'W/"{expected_version}"'
+        call = _Call(
+            kind="patch",
+            method="PATCH",
+            url=f"{resource_type}/{resource_id}",
+            resource_type=resource_type,
+            idempotent=idempotent if idempotent is not None else expected_version is not None,
+            points=POINTS["write"],
+            content=dumps(ops),
+            content_type=JSON_PATCH,
+            headers=headers,
+            guarded_patch=expected_version is not None,
+        )
+        return self._resource_result(await self._execute(call), call)
+
+    async def delete(
+        self,
+        resource_type: str,
+        resource_id: str,
+        *,
+        missing_ok: bool = True,
+        trace_id: str | None = None,
+    ) -> bool:
+        """``DELETE``; True if this call deleted it. Deleting is idempotent and retried; with
+        ``missing_ok`` an absent or already deleted resource (404/410) returns False."""
+        _check_type(resource_type)
+        _check_id(resource_id)
+        call = _Call(
+            kind="delete",
+            method="DELETE",
+            url=f"{resource_type}/{resource_id}",
+            resource_type=resource_type,
+            idempotent=True,
+            points=POINTS["write"],
+            headers=self._write_headers(trace_id),
+            accept_statuses=frozenset({404, 410}) if missing_ok else frozenset(),
+        )
+        response = await self._execute(call)
+        return is_success(response.status_code)
+
+    # --- bundles ---------------------------------------------------------------------------
+
+    async def batch(
+        self,
+        entries: Sequence[BundleEntryInput],
+        *,
+        idempotent: bool | None = None,
+        trace_id: str | None = None,
+        extended: bool = False,
+    ) -> BundleResponse:
+        """``POST [base]/`` with a ``batch`` Bundle. Entries succeed or fail one by one: check
+        ``BundleResponse.failed`` (or call ``raise_for_failed()``). Retried when every entry
+        is idempotent (reads, searches, conditional creates, If-Match updates, deletes) or the
+        caller says so. ``extended`` sends ``X-Medplum: extended`` so that the resources read
+        carry ``meta.author`` (who made each version)."""
+        return await self._bundle(
+            "batch", entries, idempotent=idempotent, trace_id=trace_id, extended=extended
+        )
+
+    async def transaction(
+        self,
+        entries: Sequence[BundleEntryInput],
+        *,
+        idempotent: bool | None = None,
+        trace_id: str | None = None,
+    ) -> BundleResponse:
+        """``POST [base]/`` with a ``transaction`` Bundle. Atomic only when the project has
+        the ``transaction-bundles`` feature (else processed like a batch: check ``failed``);
+        with any conditional entry at most 8 entries. Retried like :meth:`batch`."""
+        return await self._bundle(
+            "transaction", entries, idempotent=idempotent, trace_id=trace_id, extended=False
+        )
+
+    async def _bundle(
+        self,
+        bundle_type: str,
+        entries: Sequence[BundleEntryInput],
+        *,
+        idempotent: bool | None,
+        trace_id: str | None,
+        extended: bool,
+    ) -> BundleResponse:
+        if not entries:
+            return BundleResponse(bundle_type=f"{bundle_type}-response", entries=())
+        bundle = {"resourceType": "Bundle", "type": bundle_type, "entry": entries_json(entries)}
+        read_only = all(_entry_method(entry) in ("GET", "HEAD") for entry in entries)
+        call = _Call(
+            kind=bundle_type,
+            method="POST",
+            url="",
+            resource_type="Bundle",
+            idempotent=(
+                idempotent
+                if idempotent is not None
+                else all(entry_is_idempotent(entry) for entry in entries)
+            ),
+            points=sum(_entry_points(entry) for entry in entries),
+            content=dumps(bundle),
+            content_type=FHIR_JSON,
+            headers={
+                **({} if read_only else self._write_headers(trace_id)),
+                **({"X-Medplum": "extended"} if extended else {}),
+            },
+        )
+        return parse_bundle_response(self._bundle_body(await self._execute(call), call))
+
+    # --- machinery -------------------------------------------------------------------------
+
+    def _write_headers(self, trace_id: str | None) -> dict[str, str]:
+        if not self._config.trace_id_header:
+            return {}
+        value = trace_id or current_correlation_id()
+        # Medplum echoes it on the notifications the write causes: only a safe token goes.
+        if value and _TRACE_ID.match(value):
+            return {"X-Trace-Id": value}
+        return {}
+
+    async def _execute(self, call: _Call) -> httpx.Response:
+        if call.content is not None and len(call.content) > MAX_JSON_BODY_BYTES:
+            raise MedplumRequestTooLarge(
+                "request body exceeds Medplum's 1 MB JSON limit",
+                operation=call.kind,
+                resource_type=call.resource_type,
+            )
+        if not call.idempotent:
+            # A plain create (or an unguarded write) is never replayed: a lost response
+            # would turn into a duplicate.
+            return await self._attempt(call, 1)
+
+        def observe(error: MedplumError, attempt: int, wait_seconds: float) -> None:
+            self._retries[call.kind] += 1
+            _log.warning(
+                "medplum_retry",
+                operation=call.kind,
+                resource_type=call.resource_type,
+                status_code=error.status_code,
+                error_code=error.error_code,
+                attempt=attempt,
+                wait_seconds=round(wait_seconds, 3),
+            )
+
+        async for attempt in self._retry.retrying(observe, retry_if=_retryable_fhir_error):
+            with attempt:
+                return await self._attempt(call, attempt.retry_state.attempt_number)
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def _attempt(self, call: _Call, attempt_number: int) -> httpx.Response:
+        token = await self._auth.get_token()
+        response = await self._send(call, token, attempt_number)
+        if response.status_code == 401:
+            # Expired or revoked token: renew once (a 401 means the request was not applied).
+            self._auth.invalidate(token)
+            token = await self._auth.get_token()
+            response = await self._send(call, token, attempt_number)
+        if is_success(response.status_code) or response.status_code in call.accept_statuses:
+            return response
+        raise error_for_response(
+            response,
+            operation=call.kind,
+            resource_type=call.resource_type,
+            attempts=attempt_number,
+            guarded_patch=call.guarded_patch,
+        )
+
+    async def _send(self, call: _Call, token: str, attempt_number: int) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}", **call.headers}
+        if call.content_type is not None:
+            headers["Content-Type"] = call.content_type
+        self._requests[call.kind] += 1
+        self._points += call.points
+        try:
+            return await self._http.request(
+                call.method, call.url, content=call.content, params=call.params, headers=headers
+            )
+        except httpx.TransportError as error:
+            # The type name only: transport errors can quote the URL (and its query).
+            raise MedplumUnavailable(
+                "Medplum unreachable",
+                operation=call.kind,
+                resource_type=call.resource_type,
+                attempts=attempt_number,
+                cause=type(error).__name__,
+            ) from None
+
+    def _resource_result(self, response: httpx.Response, call: _Call) -> ResourceResult:
+        body = loads_object(response.content)
+        if body is None or get_str(body, "resourceType") is None:
+            raise MedplumError(
+                "Medplum answered without a resource",
+                status_code=response.status_code,
+                operation=call.kind,
+                resource_type=call.resource_type,
+            )
+        etag = response.headers.get("etag")
+        return ResourceResult(
+            resource=body,
+            status_code=response.status_code,
+            version_id=version_from_etag(etag) or version_id_of(body),
+            etag=etag,
+            location=response.headers.get("location") or response.headers.get("content-location"),
+            last_modified=response.headers.get("last-modified"),
+        )
+
+    def _bundle_body(self, response: httpx.Response, call: _Call) -> JSONObject:
+        body = loads_object(response.content)
+        if body is None or get_str(body, "resourceType") != "Bundle":
+            raise MedplumError(
+                "Medplum answered without a Bundle",
+                status_code=response.status_code,
+                operation=call.kind,
+                resource_type=call.resource_type,
+            )
+        return body
+
+
+def _retryable_fhir_error(error: BaseException) -> bool:
+    # The token provider has already retried its own failures: retrying them again here
+    # would multiply token requests against Medplum's 160/min auth limit.
+    return is_retryable(error) and not (
+        isinstance(error, MedplumError) and error.operation == "token"
+    )
+
+
+def _check_type(resource_type: str) -> None:
+    if not _RESOURCE_TYPE.match(resource_type):
+        raise ValueError("not a FHIR resource type name")
+
+
+def _check_id(value: str) -> None:
+    # Also keeps "../" and query characters out of the request path.
+    if not _FHIR_ID.match(value):
+        raise ValueError("not a FHIR id")
+
+
+def _type_of(resource: Mapping[str, object]) -> str:
+    resource_type = get_str(resource, "resourceType")
+    if resource_type is None:
+        raise ValueError("the resource has no resourceType")
+    _check_type(resource_type)
+    return resource_type
+
+
+def _query_pairs(params: SearchParams | None) -> tuple[tuple[str, str], ...] | None:
+    if params is None:
+        return None
+    if isinstance(params, Mapping):
+        pairs: list[tuple[str, str]] = []
+        for key, value in params.items():
+            if isinstance(value, str | int | float | bool):
+                pairs.append((key, _param_text(value)))
+            else:
+                pairs.extend((key, _param_text(item)) for item in value)
+        return tuple(pairs)
+    return tuple((key, value) for key, value in params)
+
+
+def _param_text(value: SearchParamValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _entry_request(entry: BundleEntryInput) -> tuple[str, str]:
+    if isinstance(entry, BundleRequest):
+        return entry.method, entry.url
+    request = entry.get("request")
+    if isinstance(request, Mapping):
+        typed: Mapping[str, object] = request  # pyright: ignore[reportUnknownVariableType]
+        return (get_str(typed, "method") or "").upper(), get_str(typed, "url") or ""
+    return "", ""
+
+
+def _entry_method(entry: BundleEntryInput) -> str:
+    return _entry_request(entry)[0]
+
+
+def _entry_points(entry: BundleEntryInput) -> int:
+    method, url = _entry_request(entry)
+    if method in ("GET", "HEAD"):
+        path = url.split("?", 1)[0].strip("/")
+        is_instance_read = "?" not in url and path.count("/") in (1, 3)
+        return POINTS["read"] if is_instance_read else POINTS["search"]
+    return POINTS["write"]
