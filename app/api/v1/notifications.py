@@ -1,0 +1,129 @@
+"""``POST /v1/medplum/notifications``: the rest-hook receiver.
+
+Order of checks: content type (415), signature (401, or 429 for a client that keeps failing),
+then the notification itself (400). A verified notification becomes a PHI-free event key and a
+claim-check job in one commit (group-committed with concurrent requests) before the answer:
+202 for a new event, 200 for a duplicate or an ignored own write. The body is never stored,
+logged or traced.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Request, Response
+from pydantic import BaseModel, Field
+
+from app.api.errors import ERROR_RESPONSES, ApiError, ErrorCode
+from app.api.ratelimit import FailureLimiter
+from app.observability.logging import get_logger
+from app.services.handlers import handler_names
+from app.services.notifications import (
+    Ignored,
+    NotificationRejected,
+    event_key,
+    signature_matches,
+)
+from app.services.runtime import runtime_of
+
+router = APIRouter(prefix="/medplum", tags=["medplum"])
+log = get_logger("app.api.notifications")
+
+_JSON_TYPES = ("application/fhir+json", "application/json")
+
+
+class NotificationAck(BaseModel):
+    status: Literal["accepted", "duplicate", "ignored"] = Field(
+        description="accepted: queued for processing; duplicate: this resource version was "
+        "already received; ignored: the service's own write."
+    )
+    event_id: int | None = Field(default=None, description="The service's event key id.")
+    reason: str | None = Field(default=None, description="Why the notification was ignored.")
+
+
+def _limiter(request: Request) -> FailureLimiter:
+    limiter = getattr(request.app.state, "signature_limiter", None)
+    if not isinstance(limiter, FailureLimiter):
+        limit = runtime_of(request).settings.bad_signature_limit_per_minute
+        limiter = FailureLimiter(limit)
+        request.app.state.signature_limiter = limiter
+    return limiter
+
+
+def _signature_failure(request: Request, code: ErrorCode) -> ApiError:
+    client = request.client.host if request.client else "unknown"
+    limiter = _limiter(request)
+    if limiter.record_failure(client):
+        return ApiError(
+            429, ErrorCode.RATE_LIMITED, headers={"Retry-After": str(limiter.retry_after(client))}
+        )
+    return ApiError(401, code)
+
+
+@router.post(
+    "/notifications",
+    status_code=202,
+    response_model=NotificationAck,
+    summary="Receive a Medplum rest-hook notification",
+    responses={
+        200: {"model": NotificationAck, "description": "Duplicate or ignored own write"},
+        **{code: ERROR_RESPONSES[code] for code in (400, 401, 413, 415, 422, 429)},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/fhir+json": {"schema": {"type": "object"}},
+                "application/json": {"schema": {"type": "object"}},
+            },
+        }
+    },
+)
+async def receive_notification(
+    request: Request,
+    response: Response,
+    x_signature: Annotated[
+        str | None, Header(description="HMAC-SHA256 of the body, lowercase hex")
+    ] = None,
+) -> NotificationAck:
+    media_type = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    if media_type not in _JSON_TYPES:
+        raise ApiError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE)
+    body = await request.body()
+    runtime = runtime_of(request)
+    settings = runtime.settings
+    if not x_signature:
+        raise _signature_failure(request, ErrorCode.SIGNATURE_MISSING)
+    if not signature_matches(body, x_signature, settings.webhook_secret_values):
+        raise _signature_failure(request, ErrorCode.SIGNATURE_INVALID)
+    try:
+        key = event_key(
+            body,
+            request.headers,
+            known_handlers=handler_names(),
+            service_author=f"ClientApplication/{settings.medplum_client_id}",
+        )
+    except NotificationRejected as rejected:
+        raise ApiError(
+            400,
+            ErrorCode.MALFORMED_BODY,
+            details={"field": rejected.field, "problem": rejected.problem},
+        ) from None
+    if isinstance(key, Ignored):
+        response.status_code = 200
+        log.info("notification_ignored", reason=key.reason)
+        return NotificationAck(status="ignored", reason=key.reason)
+    result = await runtime.require_intake().submit(key)
+    log.info(
+        "notification_received",
+        bot=key.bot,
+        target=key.reference,
+        version=key.version_id,
+        interaction=key.interaction,
+        event_id=result.event_id,
+        duplicate=result.duplicate,
+    )
+    if result.duplicate:
+        response.status_code = 200
+        return NotificationAck(status="duplicate", event_id=result.event_id)
+    return NotificationAck(status="accepted", event_id=result.event_id)

@@ -1,0 +1,49 @@
+"""Integration fixtures: a real PostgreSQL (the machine's, when ``STARVIT_TEST_DATABASE_URL``
+names one, else the embedded server in ``var/test-pgdata``) with a fresh database per test,
+and the real Medplum stand-in."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from app.devtools.devserver import DevServer
+from app.persistence.embedded import ensure_running
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    configured = os.environ.get("STARVIT_TEST_DATABASE_URL")
+    if configured:
+        return configured
+    server, _ = ensure_running(PROJECT_ROOT / "var" / "test-pgdata")
+    return server.url
+
+
+@pytest.fixture
+def database_url(postgres_server_url: str) -> Iterator[str]:
+    """A new, empty database for one test (dropped afterwards)."""
+    name = f"starvit_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    parts = urlsplit(postgres_server_url)
+    yield urlunsplit(parts._replace(path=f"/{name}"))
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture
+def devserver() -> Iterator[DevServer]:
+    with DevServer.start(env={"SUBSCRIPTION_RETRY_BASE_MS": "200"}) as server:
+        yield server
