@@ -1,0 +1,230 @@
+"""The job queue's tasks (procrastinate on PostgreSQL) and the worker process.
+
+``process_event`` is the claim-check job the receiver defers: it carries the event key's id
+only, never a resource. Jobs of one patient run one at a time (the job's ``lock``). Failures
+retry with capped exponential backoff; a permanent failure, or the last attempt, leaves the job
+``failed`` in procrastinate and the event ``failed`` with a stable error code: the dead letter,
+listed by ``starvit jobs list --status failed`` and replayed by ``starvit jobs retry``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from procrastinate import BaseRetryStrategy, Blueprint, JobContext, RetryDecision
+
+from app.integrations.medplum import MedplumError, MedplumPreconditionFailed
+from app.observability.correlation import correlation_id_var
+from app.observability.logging import get_logger
+from app.persistence.events import (
+    DELETED_VERSION,
+    EVENTS_QUEUE,
+    PROCESS_EVENT_TASK,
+    EventRepository,
+)
+from app.services.processing import EventProcessor, PermanentFailure
+from app.services.sweep import sweep
+
+if TYPE_CHECKING:
+    from procrastinate import App
+    from procrastinate.jobs import Job
+
+    from app.integrations.medplum import MedplumClient
+    from app.persistence.database import Database
+    from app.settings import Settings
+
+log = get_logger("app.services.jobs")
+
+NAMESPACE = "starvit"
+MAINTENANCE_QUEUE = "maintenance"
+blueprint = Blueprint()
+
+
+@dataclass
+class WorkerState:
+    settings: Settings
+    database: Database
+    queue: App
+    medplum: MedplumClient
+    repo: EventRepository
+    processor: EventProcessor
+
+
+_state: WorkerState | None = None
+
+
+def install_state(state: WorkerState | None) -> None:
+    global _state  # noqa: PLW0603 - one worker state per process
+    _state = state
+
+
+def state() -> WorkerState:
+    if _state is None:
+        raise RuntimeError("the worker state is not installed")
+    return _state
+
+
+def error_code_of(error: BaseException) -> str:
+    if isinstance(error, PermanentFailure):
+        return error.error_code
+    if isinstance(error, MedplumError):
+        return error.error_code
+    return "internal_error"
+
+
+def is_retryable(error: BaseException) -> bool:
+    if isinstance(error, PermanentFailure):
+        return False
+    if isinstance(error, MedplumError):
+        # A 412 means someone changed a Task or proposal meanwhile: re-read and re-plan.
+        return error.retryable or isinstance(error, MedplumPreconditionFailed)
+    return True  # unexpected errors (a dropped database connection...) get another chance
+
+
+class EventRetry(BaseRetryStrategy):
+    """Capped exponential backoff (base, 2x base, 4x base ... at most ``cap`` seconds),
+    honouring Medplum's rate-limit reset, for at most ``settings.job_max_attempts`` runs."""
+
+    def __init__(self, base_seconds: float = 2.0, cap_seconds: float = 300.0) -> None:
+        self.base = base_seconds
+        self.cap = cap_seconds
+
+    def max_attempts(self) -> int:
+        return _state.settings.job_max_attempts if _state is not None else 8
+
+    def wait_seconds(self, error: BaseException, attempts: int) -> int:
+        wait = min(self.cap, self.base * 2**attempts)
+        if isinstance(error, MedplumError) and error.retry_after:
+            wait = max(wait, min(self.cap, error.retry_after))
+        return max(1, round(wait))
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        if not is_retryable(exception) or job.attempts + 1 >= self.max_attempts():
+            return None
+        return RetryDecision(retry_in={"seconds": self.wait_seconds(exception, job.attempts)})
+
+
+RETRY = EventRetry()
+
+
+@blueprint.task(name="process_event", queue=EVENTS_QUEUE, retry=RETRY, pass_context=True)
+async def process_event(context: JobContext, event_id: int, trace_id: str | None = None) -> None:
+    worker = state()
+    token = correlation_id_var.set(trace_id or f"event-{event_id}")
+    try:
+        event = await worker.repo.get(event_id)
+        if event is None or event.status == "processed":
+            return
+        await worker.repo.start_attempt(event_id)
+        if event.patient_id is None and event.version_id == DELETED_VERSION:
+            patient = await worker.repo.patient_for(event.resource_type, event.resource_id)
+            event = replace(event, patient_id=patient)
+        try:
+            result = await worker.processor.process(event, trace_id=trace_id)
+        except Exception as error:
+            job = context.job
+            final = RETRY.get_retry_decision(exception=error, job=job) is None
+            code = error_code_of(error)
+            await worker.repo.fail(event_id, error_code=code, final=final)
+            log.warning(
+                "event_failed",
+                event_id=event_id,
+                bot=event.bot,
+                error_code=code,
+                attempt=job.attempts + 1,
+                dead_lettered=final,
+            )
+            raise
+        await worker.repo.finish(
+            event_id, outcome=result.outcome, medplum_requests=result.medplum_requests
+        )
+    finally:
+        correlation_id_var.reset(token)
+
+
+@blueprint.task(name="sweep", queue=MAINTENANCE_QUEUE, queueing_lock="sweep")
+async def run_sweep(timestamp: int) -> None:
+    from bots import ALL_BOTS  # noqa: PLC0415
+
+    worker = state()
+    del timestamp
+    await sweep(
+        medplum=worker.medplum,
+        repo=worker.repo,
+        pool=worker.database.pool,
+        queue=worker.queue,
+        bots=ALL_BOTS,
+        initial_lookback=timedelta(hours=worker.settings.sweep_initial_lookback_hours),
+    )
+
+
+@blueprint.task(name="retry_stalled_jobs", queue=MAINTENANCE_QUEUE, queueing_lock="stalled")
+async def retry_stalled_jobs(timestamp: int) -> None:
+    """Jobs of a worker that died (no heartbeat) go back to the queue."""
+    del timestamp
+    await requeue_stalled(state().queue)
+
+
+async def requeue_stalled(queue: App, seconds_since_heartbeat: float = 30) -> int:
+    stalled = list(
+        await queue.job_manager.get_stalled_jobs(seconds_since_heartbeat=seconds_since_heartbeat)
+    )
+    for job in stalled:
+        await queue.job_manager.retry_job(job)
+    if stalled:
+        log.warning("stalled_jobs_requeued", count=len(stalled))
+    await queue.job_manager.prune_stalled_workers(seconds_since_heartbeat=seconds_since_heartbeat)
+    return len(stalled)
+
+
+def every(seconds: int) -> str:
+    """A cron expression (croniter, seconds as the sixth field) for an interval."""
+    if seconds < 60:
+        return f"* * * * * */{seconds}"
+    return f"*/{max(1, seconds // 60)} * * * *"
+
+
+def register(queue: App, settings: Settings) -> None:
+    """Add the tasks to ``queue`` (once) and schedule the periodic ones."""
+    if PROCESS_EVENT_TASK in queue.tasks:  # pyright: ignore[reportUnknownMemberType]
+        return
+    queue.add_tasks_from(blueprint, namespace=NAMESPACE)
+    queue.periodic(cron=every(settings.sweep_interval_seconds), periodic_id="sweep")(run_sweep)
+    queue.periodic(cron=every(30), periodic_id="stalled")(retry_stalled_jobs)
+
+
+assert f"{NAMESPACE}:process_event" == PROCESS_EVENT_TASK
+
+
+async def run_worker(settings: Settings, *, concurrency: int | None = None) -> None:
+    """Run one worker until SIGTERM/SIGINT; running jobs finish (or are released after the
+    graceful timeout and retried as stalled by another worker)."""
+    from app.services.wiring import medplum_client, open_database  # noqa: PLC0415
+    from bots import ALL_BOTS  # noqa: PLC0415
+
+    medplum = medplum_client(settings)
+    database, queue = await open_database(settings)
+    register(queue, settings)
+    repo = EventRepository(database.pool)
+    processor = EventProcessor(medplum, settings, {b.declaration.name: b for b in ALL_BOTS})
+    install_state(WorkerState(settings, database, queue, medplum, repo, processor))
+    try:
+        async with queue.open_async():
+            await requeue_stalled(queue)
+            log.info("worker_started", pid=os.getpid(), concurrency=concurrency)
+            await queue.run_worker_async(
+                queues=[EVENTS_QUEUE, MAINTENANCE_QUEUE],
+                concurrency=concurrency or settings.worker_concurrency,
+                shutdown_graceful_timeout=25,
+                install_signal_handlers=True,
+                # A job waiting on its patient lock is not notified when the lock frees up.
+                fetch_job_polling_interval=0.2,
+            )
+    finally:
+        install_state(None)
+        await medplum.aclose()
+        await database.aclose()
+        log.info("worker_stopped", pid=os.getpid())
