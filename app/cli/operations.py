@@ -207,4 +207,7 @@ def register(cli: typer.Typer) -> None:
     cli.command()(worker)
     cli.command("sweep")(sweep_once)
     cli.add_typer(jobs_app, name="jobs")
+    from app.cli.subscriptions import subscriptions_app  # noqa: PLC0415
+
+    cli.add_typer(subscriptions_app, name="subscriptions")
     cli.add_typer(db_app, name="db")
