@@ -138,6 +138,18 @@ class Stack:
             time.sleep(0.05)
         raise RuntimeError("worker did not start:\n" + "\n".join(service.output[-30:]))
 
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run a one-off ``starvit`` command against this stack (``sweep``, ``jobs list``...)."""
+        return subprocess.run(  # noqa: S603 - our own console script
+            [str(STARVIT), *args],
+            cwd=PROJECT_ROOT,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
     def close(self) -> None:
         for service in reversed(self.processes):
             service.stop()

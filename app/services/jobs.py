@@ -180,6 +180,27 @@ async def requeue_stalled(queue: App, seconds_since_heartbeat: float = 30) -> in
     return len(stalled)
 
 
+@blueprint.task(name="subscription_health", queue=MAINTENANCE_QUEUE, queueing_lock="health")
+async def check_subscriptions(timestamp: int) -> None:
+    """Record each Subscription's status; a switched-off one is logged as an error (the sweep
+    keeps its events flowing meanwhile; ``starvit subscriptions sync`` re-enables it)."""
+    from app.services.subscriptions import subscription_health  # noqa: PLC0415
+
+    del timestamp
+    worker = state()
+    for health in await subscription_health(worker.medplum):
+        await worker.repo.record_subscription_health(
+            health.handler, health.subscription_id, health.status, health.error_text_present
+        )
+        if health.status != "active":
+            log.error(
+                "subscription_unhealthy",
+                handler=health.handler,
+                subscription_id=health.subscription_id,
+                status=health.status,
+            )
+
+
 def every(seconds: int) -> str:
     """A cron expression (croniter, seconds as the sixth field) for an interval."""
     if seconds < 60:
@@ -194,6 +215,7 @@ def register(queue: App, settings: Settings) -> None:
     queue.add_tasks_from(blueprint, namespace=NAMESPACE)
     queue.periodic(cron=every(settings.sweep_interval_seconds), periodic_id="sweep")(run_sweep)
     queue.periodic(cron=every(30), periodic_id="stalled")(retry_stalled_jobs)
+    queue.periodic(cron=every(300), periodic_id="health")(check_subscriptions)
 
 
 assert f"{NAMESPACE}:process_event" == PROCESS_EVENT_TASK

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from app import __version__
-from app.domain.bot import Bot, BotContext, BotEvent, Interaction
+from app.domain.bot import Bot, BotContext, BotEvent, Interaction, NoResult
 from app.domain.fhir_json import JSONObject, JSONValue
 from app.domain.fhir_views import PatientView, ResourceView, TaskView
 from app.domain.proposals import (
@@ -367,13 +367,30 @@ class EventProcessor:
             for slot in plan.slots:
                 outputs.append({"identifier": {"system": TASK_SYSTEM, "value": slot.task_key}})
                 outputs.append({"identifier": {"system": PROPOSAL_SYSTEM, "value": slot.task_key}})
-            inputs = [view.versioned_reference]
+            # The notified version and every piece of evidence the effects rest on.
+            inputs = list(
+                dict.fromkeys(
+                    [
+                        view.versioned_reference,
+                        *(
+                            e.versioned
+                            for effect in effects
+                            if not isinstance(effect, NoResult)
+                            for e in effect.evidence
+                        ),
+                    ]
+                )
+            )
             if fresh:
                 outcome = "proposed"
             elif plan.slots:
                 outcome = "unchanged"
             else:
                 outcome = plan.no_results[0].outcome if plan.no_results else "no_result"
+        if outcome == "unchanged":
+            # A re-delivery or a late event whose suggestion already stands: the first run's
+            # writes and AuditEvent stand too, and Medplum's write quota is not spent again.
+            return Processed(outcome, requests)
         audit = audit_event(
             handler=declaration.name,
             version=declaration.version,

@@ -1,0 +1,208 @@
+"""Helpers for the end-to-end tests: a Medplum stand-in, a PostgreSQL database, the receiver
+and worker processes, synced Subscriptions, and FHIR access as the seeded identities."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import psycopg
+
+from app.devtools.devserver import (
+    ADMIN_CLIENT_ID,
+    ADMIN_CLIENT_SECRET,
+    PARTNER_CLIENT_ID,
+    PARTNER_CLIENT_SECRET,
+    DevServer,
+)
+from app.devtools.stack import Stack
+from app.services.subscriptions import sync_subscriptions
+from app.services.wiring import medplum_client
+from app.settings import load_settings
+
+type Json = dict[str, Any]
+
+
+class Fhir:
+    """FHIR REST as one client-credentials identity (tests only)."""
+
+    def __init__(self, base_url: str, client_id: str, secret: str) -> None:
+        self.base_url = base_url
+        self.client_id = client_id
+        self.secret = secret
+        self.http = httpx.AsyncClient(base_url=base_url + "fhir/R4/", timeout=30)
+        self.token: str | None = None
+
+    async def _headers(self) -> dict[str, str]:
+        if self.token is None:
+            async with httpx.AsyncClient() as http:
+                answer = await http.post(
+                    self.base_url + "oauth2/token",
+                    data={
+                        "grant_type": "client_credentials",
+                        "client_id": self.client_id,
+                        "client_secret": self.secret,
+                    },
+                )
+                answer.raise_for_status()
+                self.token = str(answer.json()["access_token"])
+        return {"Authorization": f"Bearer {self.token}", "Content-Type": "application/fhir+json"}
+
+    async def create(self, resource: Json) -> Json:
+        answer = await self.http.post(
+            resource["resourceType"], json=resource, headers=await self._headers()
+        )
+        assert answer.status_code == 201, answer.text
+        return answer.json()
+
+    async def update(self, resource: Json) -> Json:
+        answer = await self.http.put(
+            f"{resource['resourceType']}/{resource['id']}",
+            json=resource,
+            headers=await self._headers(),
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    async def read(self, reference: str) -> Json:
+        answer = await self.http.get(reference, headers=await self._headers())
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    async def search(self, resource_type: str, **params: str) -> list[Json]:
+        answer = await self.http.get(
+            resource_type, params={"_count": "200", **params}, headers=await self._headers()
+        )
+        assert answer.status_code == 200, answer.text
+        return [e["resource"] for e in answer.json().get("entry", [])]
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+def observation(patient: str, loinc: str, value: float, unit: str, when: str) -> Json:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "vital-signs",
+                    }
+                ]
+            }
+        ],
+        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
+        "subject": {"reference": patient},
+        "effectiveDateTime": when,
+        "valueQuantity": {
+            "value": value,
+            "unit": unit,
+            "system": "http://unitsofmeasure.org",
+            "code": unit,
+        },
+    }
+
+
+@dataclass
+class Pipeline:
+    devserver: DevServer
+    stack: Stack
+    database_url: str
+    partner: Fhir
+    admin: Fhir
+
+    async def new_patient(self, **extra: Any) -> str:
+        patient = await self.partner.create(
+            {"resourceType": "Patient", "gender": "female", "birthDate": "1970-05-01", **extra}
+        )
+        return f"Patient/{patient['id']}"
+
+    async def weight_and_height(
+        self, patient: str, weight: float = 95.0, when: str = "2025-03-01T09:00:00Z"
+    ) -> tuple[Json, Json]:
+        height = await self.partner.create(
+            observation(patient, "8302-2", 165, "cm", "2025-01-10T09:00:00Z")
+        )
+        body = await self.partner.create(observation(patient, "29463-7", weight, "kg", when))
+        return height, body
+
+    def events(self) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.database_url) as conn:
+            return list(
+                conn.execute(
+                    "SELECT id, bot, resource_type, resource_id, version_id, status, outcome, "
+                    "error_code, attempts FROM starvit.event_keys ORDER BY id"
+                )
+            )
+
+    async def settled(self, within: float = 30.0) -> None:
+        """Wait until Medplum has nothing left to deliver and every event is processed."""
+        deadline = time.monotonic() + within
+        quiet_since: float | None = None
+        while time.monotonic() < deadline:
+            stats = await self.stats()
+            pending = stats["notifications"]
+            busy = pending.get("queued", 0) + pending.get("in_flight", 0)
+            open_events = [e for e in self.events() if e[5] == "queued"]
+            if busy == 0 and not open_events:
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since > 0.6:
+                    return
+            else:
+                quiet_since = None
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"not settled: {[e for e in self.events() if e[5] != 'processed']}")
+
+    async def stats(self) -> Json:
+        async with httpx.AsyncClient() as http:
+            return (await http.get(self.devserver.base_url + "_devserver/stats")).json()
+
+    async def fault(self, **fault: Any) -> None:
+        async with httpx.AsyncClient() as http:
+            answer = await http.post(self.devserver.base_url + "_devserver/fault", json=fault)
+            answer.raise_for_status()
+
+    async def tasks_for(self, patient: str, **params: str) -> list[Json]:
+        return await self.admin.search("Task", subject=patient, **params)
+
+
+async def eventually[T](
+    probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], within: float = 20.0
+) -> T:
+    deadline = time.monotonic() + within
+    value = await probe()
+    while not accept(value):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met; last value: {value!r}")
+        await asyncio.sleep(0.1)
+        value = await probe()
+    return value
+
+
+async def start_pipeline(devserver: DevServer, database_url: str, **env: str) -> Pipeline:
+    stack = Stack(devserver.base_url, database_url, extra_env=env)
+    stack.start_receiver()
+    stack.start_worker()
+    settings = load_settings(
+        medplum_base_url=devserver.base_url,
+        medplum_client_secret=stack.env()["STARVIT_MEDPLUM_CLIENT_SECRET"],
+        webhook_secrets=stack.webhook_secret,
+        receiver_url=stack.receiver_url,
+        database_url=database_url,
+    )
+    async with medplum_client(settings) as medplum:
+        await sync_subscriptions(medplum, settings)
+    return Pipeline(
+        devserver=devserver,
+        stack=stack,
+        database_url=database_url,
+        partner=Fhir(devserver.base_url, PARTNER_CLIENT_ID, PARTNER_CLIENT_SECRET),
+        admin=Fhir(devserver.base_url, ADMIN_CLIENT_ID, ADMIN_CLIENT_SECRET),
+    )

@@ -1,0 +1,314 @@
+"""The event pipeline end to end: the Medplum stand-in delivers real rest-hook notifications to
+the production receiver (Gunicorn + Uvicorn), a real worker process processes them against the
+stand-in, and everything is checked as a clinician and as ops would see it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from app.devtools.clinician import approve, login, reject
+from app.devtools.devserver import DevServer
+from app.domain.proposals import TAG_CODE, TAG_SYSTEM
+from tests.integration.conftest import fresh_database
+from tests.integration.pipeline_support import Pipeline, eventually, observation, start_pipeline
+
+pytestmark = pytest.mark.integration
+TAG = f"{TAG_SYSTEM}|{TAG_CODE}"
+
+
+@pytest.fixture(scope="module")
+def module_devserver() -> Iterator[DevServer]:
+    with DevServer.start(env={"SUBSCRIPTION_RETRY_BASE_MS": "200"}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def module_database(postgres_server_url: str) -> Iterator[str]:
+    with fresh_database(postgres_server_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def pipeline(module_devserver: DevServer, module_database: str) -> AsyncIterator[Pipeline]:
+    """One running service for the module; each test works on its own patients."""
+    # Spans go to the console exporter so that the PHI canary test reads them with the logs.
+    running = await start_pipeline(
+        module_devserver, module_database, STARVIT_OTEL_EXPORTER="console"
+    )
+    try:
+        yield running
+    finally:
+        running.stack.close()
+        await running.partner.aclose()
+        await running.admin.aclose()
+
+
+def live(tasks: list[dict[str, Any]], code_prefix: str = "bmi.") -> list[dict[str, Any]]:
+    return [
+        t
+        for t in tasks
+        if t["status"] == "requested" and t["code"]["coding"][0]["code"].startswith(code_prefix)
+    ]
+
+
+async def test_evidence_becomes_one_pending_suggestion_with_provenance(pipeline: Pipeline) -> None:
+    patient = await pipeline.new_patient()
+    _height, weight = await pipeline.weight_and_height(patient, weight=95.0)
+    await pipeline.settled()
+    tasks = live(await pipeline.tasks_for(patient))
+    assert len(tasks) == 1
+    task = tasks[0]
+    assert task["code"]["text"].startswith("Review BMI 34.9")
+    assert task["priority"] == "routine"
+    assert task["intent"] == "proposal"
+    assert task["for"] == {"reference": patient}
+    assert task["restriction"]["period"]["end"]
+    assert task["performerType"][0]["coding"][0]["code"] == "158965000"
+    focus = await pipeline.admin.read(task["focus"]["reference"])
+    assert focus["status"] == "preliminary"
+    assert focus["valueQuantity"]["value"] == pytest.approx(34.9, abs=0.05)
+    assert f"Observation/{weight['id']}/_history/{weight['meta']['versionId']}" in str(
+        focus["derivedFrom"]
+    )
+    provenances = await pipeline.admin.search("Provenance", target=task["focus"]["reference"])
+    assert len(provenances) == 1
+    assert "bmi@1.0.0" in str(provenances[0]["agent"])
+    audits = await pipeline.admin.search("AuditEvent", _tag=TAG)
+    assert any(f"Observation/{weight['id']}" in str(a["entity"]) for a in audits)
+    # Two Medplum round trips per processed event: one batch read, one transaction.
+    processed = [e for e in pipeline.events() if e[6] == "proposed"]
+    assert processed
+
+
+async def test_redelivered_notifications_make_one_set_of_effects(pipeline: Pipeline) -> None:
+    patient = await pipeline.new_patient()
+    _height, weight = await pipeline.weight_and_height(patient)
+    await pipeline.settled()
+    before = len(await pipeline.admin.search("Observation", subject=patient, _tag=TAG))
+    # Medplum's manual re-send, five times: every copy is a duplicate of the recorded version.
+    for _ in range(5):
+        answer = await pipeline.admin.http.post(
+            f"Observation/{weight['id']}/$resend",
+            json={"interaction": "update"},
+            headers=await pipeline.admin._headers(),
+        )
+        assert answer.status_code in (200, 201), answer.text
+    await pipeline.settled()
+    assert len(live(await pipeline.tasks_for(patient))) == 1
+    assert len(await pipeline.admin.search("Observation", subject=patient, _tag=TAG)) == before
+
+
+async def test_newer_evidence_supersedes_the_pending_task(pipeline: Pipeline) -> None:
+    patient = await pipeline.new_patient()
+    await pipeline.weight_and_height(patient, weight=95.0, when="2025-03-01T09:00:00Z")
+    await pipeline.settled()
+    # Two new weights at once, written out of order: the later one in time is written first.
+    await pipeline.partner.create(observation(patient, "29463-7", 70, "kg", "2025-05-01T09:00:00Z"))
+    await pipeline.partner.create(observation(patient, "29463-7", 80, "kg", "2025-04-01T09:00:00Z"))
+    await pipeline.settled()
+    tasks = await pipeline.tasks_for(patient)
+    current = live(tasks)
+    assert len(current) == 1, [t["code"]["text"] for t in current]
+    assert "25.7" in current[0]["code"]["text"]  # 70 kg / 1.65 m squared, the newest weight
+    superseded = [t for t in tasks if t["status"] == "cancelled"]
+    assert superseded
+    assert all(t["statusReason"]["text"] == "superseded" for t in superseded)
+
+
+async def test_clinician_approval_finalises_and_rejection_retracts(pipeline: Pipeline) -> None:
+    first = await pipeline.new_patient()
+    second = await pipeline.new_patient()
+    await pipeline.weight_and_height(first)
+    await pipeline.weight_and_height(second)
+    await pipeline.settled()
+    approve_task = live(await pipeline.tasks_for(first))[0]
+    reject_task = live(await pipeline.tasks_for(second))[0]
+    session = await login(pipeline.devserver.base_url, "clinician-alice")
+    try:
+        await approve(session, approve_task["id"])
+        await reject(session, reject_task["id"], "Height measured with shoes on")
+    finally:
+        await session.aclose()
+    await pipeline.settled()
+    approved = await pipeline.admin.read(approve_task["focus"]["reference"])
+    rejected = await pipeline.admin.read(reject_task["focus"]["reference"])
+    assert approved["status"] == "final"
+    assert rejected["status"] == "cancelled"
+    assert "Height measured with shoes on" in str(rejected["note"])
+    verifications = await pipeline.admin.search(
+        "Provenance", target=approve_task["focus"]["reference"]
+    )
+    verifier = [p for p in verifications if "verifier" in str(p["agent"])]
+    assert len(verifier) == 1
+    assert "Practitioner/clinician-alice" in str(verifier[0]["agent"])
+    assert "bmi@1.0.0" in str(verifier[0]["agent"])
+
+
+async def test_a_status_change_by_a_non_clinician_is_refused(pipeline: Pipeline) -> None:
+    patient = await pipeline.new_patient()
+    await pipeline.weight_and_height(patient)
+    await pipeline.settled()
+    task = live(await pipeline.tasks_for(patient))[0]
+    # An admin client (not a clinician) marks it completed.
+    await pipeline.admin.update({**task, "status": "completed"})
+    # And an ops Practitioner without a clinical role does the same on another.
+    session = await login(pipeline.devserver.base_url, "ops-olivia")
+    try:
+        other = await pipeline.new_patient()
+        await pipeline.weight_and_height(other)
+        await pipeline.settled()
+        other_task = live(await pipeline.tasks_for(other))[0]
+        await approve(session, other_task["id"])
+    finally:
+        await session.aclose()
+    await pipeline.settled()
+    for focus in (task["focus"]["reference"], other_task["focus"]["reference"]):
+        assert (await pipeline.admin.read(focus))["status"] == "preliminary"
+    decisions = {e[3]: e[6] for e in pipeline.events() if e[1] == "review"}
+    assert decisions[task["id"]] == "refused"
+    assert decisions[other_task["id"]] == "refused"
+
+
+async def test_entered_in_error_evidence_withdraws_the_suggestion(pipeline: Pipeline) -> None:
+    patient = await pipeline.new_patient()
+    _height, weight = await pipeline.weight_and_height(patient)
+    await pipeline.settled()
+    task = live(await pipeline.tasks_for(patient))[0]
+    await pipeline.partner.update({**weight, "status": "entered-in-error"})
+    await pipeline.settled()
+    withdrawn = await pipeline.admin.read(f"Task/{task['id']}")
+    assert withdrawn["status"] == "cancelled"
+    assert withdrawn["statusReason"]["coding"][0]["code"] == "evidence-withdrawn"
+    assert (await pipeline.admin.read(task["focus"]["reference"]))["status"] == "cancelled"
+
+
+async def test_medplum_failures_are_retried_until_processed(pipeline: Pipeline) -> None:
+    patient = await pipeline.new_patient()
+    # The worker's next three batch calls fail: 503, then 429 with a short reset, then 503.
+    await pipeline.fault(status=503, count=1, method="POST", pathPattern="^/fhir/R4/?$")
+    await pipeline.fault(
+        status=429, count=1, method="POST", pathPattern="^/fhir/R4/?$", resetSeconds=1
+    )
+    await pipeline.fault(status=503, count=1, method="POST", pathPattern="^/fhir/R4/?$")
+    await pipeline.weight_and_height(patient)
+    await pipeline.settled(within=60)
+    assert len(live(await pipeline.tasks_for(patient))) == 1
+    assert all(e[5] == "processed" for e in pipeline.events())
+    assert (await pipeline.stats())["faults_injected"] >= 3
+
+
+async def test_a_longer_outage_is_retried_by_the_job_queue(pipeline: Pipeline) -> None:
+    patient = await pipeline.new_patient()
+    # More consecutive failures than the client's own retries absorb: the job fails, is
+    # retried with backoff, and succeeds once Medplum answers again.
+    await pipeline.fault(status=503, count=8, method="POST", pathPattern="^/fhir/R4/?$")
+    await pipeline.weight_and_height(patient)
+    await pipeline.settled(within=90)
+    assert len(live(await pipeline.tasks_for(patient))) == 1
+    mine = [e for e in pipeline.events() if e[5] == "processed" and e[8] > 1]
+    assert mine, "no event needed a second job attempt"
+
+
+async def test_a_worker_killed_before_processing_loses_nothing(pipeline: Pipeline) -> None:
+    [worker] = [p for p in pipeline.stack.processes if p.name == "worker"]
+    worker.kill()
+    patient = await pipeline.new_patient()
+    await pipeline.weight_and_height(patient)
+    await eventually(
+        lambda: _async(pipeline.events),
+        lambda events: any(e[5] == "queued" and e[1] == "bmi" for e in events),
+    )
+    pipeline.stack.start_worker()
+    await pipeline.settled(within=60)
+    assert len(live(await pipeline.tasks_for(patient))) == 1
+
+
+async def _async(function: Any) -> Any:
+    return function()
+
+
+async def test_the_sweep_catches_events_missed_while_a_subscription_was_off(
+    pipeline: Pipeline,
+) -> None:
+    subscriptions = await pipeline.admin.search("Subscription")
+    weight_subscriptions = [
+        s for s in subscriptions if "X-Starvit-Bot: bmi" in s["channel"].get("header", [])
+    ]
+    assert len(weight_subscriptions) == 1
+    await pipeline.admin.update({**weight_subscriptions[0], "status": "off"})
+    patient = await pipeline.new_patient()
+    height, weight = await pipeline.weight_and_height(patient)
+    await pipeline.settled()
+    missed = {height["id"], weight["id"]}
+    assert not [e for e in pipeline.events() if e[1] == "bmi" and e[3] in missed]
+    assert live(await pipeline.tasks_for(patient)) == []
+
+    swept = pipeline.stack.run("sweep")
+    assert swept.returncode == 0, swept.stdout + swept.stderr
+    await pipeline.settled()
+    recovered = [e for e in pipeline.events() if e[1] == "bmi" and e[3] in missed]
+    assert {e[3] for e in recovered} == missed
+    assert len(live(await pipeline.tasks_for(patient))) == 1
+
+    status = pipeline.stack.run("subscriptions", "status")
+    assert status.returncode == 1
+    assert "off" in status.stdout
+    synced = pipeline.stack.run("subscriptions", "sync")
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    assert "reenabled" in synced.stdout
+    assert pipeline.stack.run("subscriptions", "status").returncode == 0
+
+
+CANARIES = ("Zyxqorbert", "Canaryfield", "1931-02-03", "Quuxcanary Lane", "Plinkton", "unicycle")
+
+
+async def test_no_phi_reaches_logs_spans_or_the_database(pipeline: Pipeline) -> None:
+    patient = await pipeline.new_patient(
+        name=[{"given": ["Zyxqorbert"], "family": "Canaryfield"}],
+        birthDate="1931-02-03",
+        address=[{"line": ["42 Quuxcanary Lane"], "city": "Plinkton"}],
+    )
+    _height, weight = await pipeline.weight_and_height(patient)
+    await pipeline.partner.update(
+        {**weight, "note": [{"text": "fell off a unicycle, weighed at home"}]}
+    )
+    await pipeline.settled()
+    session = await login(pipeline.devserver.base_url, "clinician-bob")
+    try:
+        task = live(await pipeline.tasks_for(patient))[0]
+        await approve(session, task["id"])
+    finally:
+        await session.aclose()
+    await pipeline.settled()
+    # The canary did reach Medplum (where PHI belongs) and the service processed it...
+    assert "Canaryfield" in str(await pipeline.admin.read(patient))
+    assert (await pipeline.admin.read(task["focus"]["reference"]))["status"] == "final"
+    # ... but no log line, span, or row of any table in the service's database holds it.
+    output = "\n".join(line for p in pipeline.stack.processes for line in p.output)
+    assert "event_processed" in output
+    assert '"span_id"' in output  # spans were exported to the console
+    for canary in CANARIES:
+        assert canary not in output, canary
+    with psycopg.connect(pipeline.database_url) as conn:
+        tables = conn.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables "
+            "WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
+        ).fetchall()
+        assert len(tables) >= 5
+        dump = []
+        for schema, table in tables:
+            rows = conn.execute(
+                sql.SQL("SELECT t::text FROM {}.{} AS t").format(
+                    sql.Identifier(schema), sql.Identifier(table)
+                )
+            ).fetchall()
+            dump.extend(str(row[0]) for row in rows)
+    text = "\n".join(dump)
+    assert weight["id"] in text  # references are kept ...
+    for canary in CANARIES:
+        assert canary not in text, canary  # ... PHI never
