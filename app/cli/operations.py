@@ -203,7 +203,26 @@ def sweep_once() -> None:
     _run(work)
 
 
+def demo(
+    patients: Annotated[
+        int | None, typer.Option(min=1, help="Load only the first N Synthea patients.")
+    ] = None,
+    keep_running: Annotated[
+        bool, typer.Option(help="Leave everything running after the demo (Ctrl-C stops).")
+    ] = False,
+) -> None:
+    """The end-to-end demo: stand-in, embedded PostgreSQL, receiver, worker, Synthea patients,
+    pending Tasks, one approval and one rejection, and the Provenance chain."""
+    from app.devtools.demo import run_demo  # noqa: PLC0415
+
+    try:
+        raise typer.Exit(code=_run(lambda: run_demo(patients=patients, keep_running=keep_running)))
+    except KeyboardInterrupt:
+        raise typer.Exit(code=130) from None
+
+
 def register(cli: typer.Typer) -> None:
+    cli.command()(demo)
     cli.command()(worker)
     cli.command("sweep")(sweep_once)
     cli.add_typer(jobs_app, name="jobs")

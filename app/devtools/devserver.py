@@ -32,6 +32,16 @@ class DevServerError(RuntimeError):
     pass
 
 
+def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the child gets SIGTERM when the process that started it dies, so a demo or a
+    test run that is killed leaves no server behind."""
+    import ctypes  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def ensure_installed() -> None:
     if not NODE.exists():
         subprocess.run(
@@ -62,6 +72,7 @@ class DevServer:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, no threads involved
         )
         assert process.stdout is not None
         deadline = time.monotonic() + timeout

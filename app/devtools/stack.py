@@ -17,7 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Self
 
-from app.devtools.devserver import PROJECT_ROOT, SERVICE_CLIENT_ID, SERVICE_CLIENT_SECRET
+from app.devtools.devserver import (
+    PROJECT_ROOT,
+    SERVICE_CLIENT_ID,
+    SERVICE_CLIENT_SECRET,
+    die_with_parent,
+)
 
 STARVIT = Path(sys.executable).parent / "starvit"
 DEV_WEBHOOK_SECRET = "starvit-dev-webhook-secret"  # noqa: S105 - development value
@@ -102,6 +107,7 @@ class Stack:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, no threads involved
         )
         service = ServiceProcess(name, process)
         assert process.stdout is not None

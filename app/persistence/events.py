@@ -46,8 +46,16 @@ class EventKey:
         return f"{self.resource_type}/{self.resource_id}"
 
     def lock(self) -> str:
-        # One job at a time per patient: evidence changes for one patient never race.
-        return f"patient:{self.patient_id}" if self.patient_id else f"resource:{self.reference}"
+        return job_lock(self.bot, self.patient_id, self.reference)
+
+
+def job_lock(bot: str, patient_id: str | None, reference: str) -> str:
+    """One job at a time per patient and handler: a bot's suggestions for one patient are
+    planned against each other (supersession), so they never race; different bots touch
+    different Tasks and may run side by side (a clinician's concurrent edit of a Task is caught
+    by the If-Match on every update)."""
+    subject = f"patient:{patient_id}" if patient_id else f"resource:{reference}"
+    return f"{subject}:{bot}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -201,6 +201,15 @@ async def check_subscriptions(timestamp: int) -> None:
             )
 
 
+@blueprint.task(name="expire_tasks", queue=MAINTENANCE_QUEUE, queueing_lock="expiry")
+async def run_expiry(timestamp: int) -> None:
+    from app.services.expiry import expire_tasks  # noqa: PLC0415
+
+    del timestamp
+    worker = state()
+    await expire_tasks(worker.medplum, worker.settings)
+
+
 def every(seconds: int) -> str:
     """A cron expression (croniter, seconds as the sixth field) for an interval."""
     if seconds < 60:
@@ -216,6 +225,7 @@ def register(queue: App, settings: Settings) -> None:
     queue.periodic(cron=every(settings.sweep_interval_seconds), periodic_id="sweep")(run_sweep)
     queue.periodic(cron=every(30), periodic_id="stalled")(retry_stalled_jobs)
     queue.periodic(cron=every(300), periodic_id="health")(check_subscriptions)
+    queue.periodic(cron="17 * * * *", periodic_id="expiry")(run_expiry)
 
 
 assert f"{NAMESPACE}:process_event" == PROCESS_EVENT_TASK

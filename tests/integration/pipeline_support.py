@@ -37,7 +37,7 @@ class Fhir:
         self.http = httpx.AsyncClient(base_url=base_url + "fhir/R4/", timeout=30)
         self.token: str | None = None
 
-    async def _headers(self) -> dict[str, str]:
+    async def auth_headers(self) -> dict[str, str]:
         if self.token is None:
             async with httpx.AsyncClient() as http:
                 answer = await http.post(
@@ -54,7 +54,7 @@ class Fhir:
 
     async def create(self, resource: Json) -> Json:
         answer = await self.http.post(
-            resource["resourceType"], json=resource, headers=await self._headers()
+            resource["resourceType"], json=resource, headers=await self.auth_headers()
         )
         assert answer.status_code == 201, answer.text
         return answer.json()
@@ -63,19 +63,19 @@ class Fhir:
         answer = await self.http.put(
             f"{resource['resourceType']}/{resource['id']}",
             json=resource,
-            headers=await self._headers(),
+            headers=await self.auth_headers(),
         )
         assert answer.status_code == 200, answer.text
         return answer.json()
 
     async def read(self, reference: str) -> Json:
-        answer = await self.http.get(reference, headers=await self._headers())
+        answer = await self.http.get(reference, headers=await self.auth_headers())
         assert answer.status_code == 200, answer.text
         return answer.json()
 
     async def search(self, resource_type: str, **params: str) -> list[Json]:
         answer = await self.http.get(
-            resource_type, params={"_count": "200", **params}, headers=await self._headers()
+            resource_type, params={"_count": "200", **params}, headers=await self.auth_headers()
         )
         assert answer.status_code == 200, answer.text
         return [e["resource"] for e in answer.json().get("entry", [])]

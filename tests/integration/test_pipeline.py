@@ -5,6 +5,7 @@ stand-in, and everything is checked as a clinician and as ops would see it."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -14,6 +15,9 @@ from psycopg import sql
 from app.devtools.clinician import approve, login, reject
 from app.devtools.devserver import DevServer
 from app.domain.proposals import TAG_CODE, TAG_SYSTEM
+from app.services.expiry import expire_tasks
+from app.services.wiring import medplum_client
+from app.settings import load_settings
 from tests.integration.conftest import fresh_database
 from tests.integration.pipeline_support import Pipeline, eventually, observation, start_pipeline
 
@@ -95,7 +99,7 @@ async def test_redelivered_notifications_make_one_set_of_effects(pipeline: Pipel
         answer = await pipeline.admin.http.post(
             f"Observation/{weight['id']}/$resend",
             json={"interaction": "update"},
-            headers=await pipeline.admin._headers(),
+            headers=await pipeline.admin.auth_headers(),
         )
         assert answer.status_code in (200, 201), answer.text
     await pipeline.settled()
@@ -205,8 +209,9 @@ async def test_medplum_failures_are_retried_until_processed(pipeline: Pipeline) 
 async def test_a_longer_outage_is_retried_by_the_job_queue(pipeline: Pipeline) -> None:
     patient = await pipeline.new_patient()
     # More consecutive failures than the client's own retries absorb: the job fails, is
-    # retried with backoff, and succeeds once Medplum answers again.
-    await pipeline.fault(status=503, count=8, method="POST", pathPattern="^/fhir/R4/?$")
+    # retried with backoff, and succeeds once Medplum answers again. The failures are shared by
+    # the four events (two bots, height and weight) processed side by side.
+    await pipeline.fault(status=503, count=25, method="POST", pathPattern="^/fhir/R4/?$")
     await pipeline.weight_and_height(patient)
     await pipeline.settled(within=90)
     assert len(live(await pipeline.tasks_for(patient))) == 1
@@ -312,3 +317,25 @@ async def test_no_phi_reaches_logs_spans_or_the_database(pipeline: Pipeline) -> 
     assert weight["id"] in text  # references are kept ...
     for canary in CANARIES:
         assert canary not in text, canary  # ... PHI never
+
+
+async def test_undecided_tasks_expire_and_their_proposals_are_withdrawn(
+    pipeline: Pipeline,
+) -> None:
+    patient = await pipeline.new_patient()
+    await pipeline.weight_and_height(patient)
+    await pipeline.settled()
+    task = live(await pipeline.tasks_for(patient))[0]
+    settings = load_settings(
+        medplum_base_url=pipeline.devserver.base_url,
+        medplum_client_secret=pipeline.stack.env()["STARVIT_MEDPLUM_CLIENT_SECRET"],
+        task_expiry_days=30,
+    )
+    async with medplum_client(settings) as medplum:
+        assert await expire_tasks(medplum, settings) == 0  # nothing is 30 days old yet
+        later = datetime.now(UTC) + timedelta(days=31)
+        assert await expire_tasks(medplum, settings, now=later) >= 1
+    expired = await pipeline.admin.read(f"Task/{task['id']}")
+    assert expired["status"] == "cancelled"
+    assert expired["statusReason"]["coding"][0]["code"] == "expired"
+    assert (await pipeline.admin.read(task["focus"]["reference"]))["status"] == "cancelled"

@@ -1,0 +1,59 @@
+"""On a Medplum project without the ``transaction-bundles`` feature, writes go as batches in
+dependency order; a failure between them heals on retry without duplicating anything."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from app.devtools.devserver import DevServer
+from app.domain.proposals import TAG_CODE, TAG_SYSTEM
+from tests.integration.pipeline_support import Pipeline, start_pipeline
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def batch_pipeline(devserver: DevServer, database_url: str) -> AsyncIterator[Pipeline]:
+    running = await start_pipeline(devserver, database_url, STARVIT_MEDPLUM_TRANSACTIONS="false")
+    try:
+        answer = await running.admin.http.patch(
+            "Project/starvit-dev",
+            json=[{"op": "remove", "path": "/features"}],
+            headers={
+                **(await running.admin.auth_headers()),
+                "Content-Type": "application/json-patch+json",
+            },
+        )
+        assert answer.status_code == 200, answer.text
+        yield running
+    finally:
+        running.stack.close()
+        await running.partner.aclose()
+        await running.admin.aclose()
+
+
+async def test_batch_writes_resolve_references_and_heal_after_a_partial_failure(
+    batch_pipeline: Pipeline,
+) -> None:
+    pipeline = batch_pipeline
+    patient = await pipeline.new_patient()
+    # Let the first write batch (the proposals) through, then fail the following batches for
+    # longer than the client's own retries: the job fails after a partial write, retries,
+    # and the conditional creates find what the first attempt already wrote.
+    await pipeline.fault(status=503, count=8, method="POST", pathPattern="^/fhir/R4/?$", skip=4)
+    await pipeline.weight_and_height(patient)
+    await pipeline.settled(within=90)
+    tag = f"{TAG_SYSTEM}|{TAG_CODE}"
+    observations = await pipeline.admin.search("Observation", subject=patient, _tag=tag)
+    tasks = [t for t in await pipeline.tasks_for(patient) if t["status"] == "requested"]
+    bmi_tasks = [t for t in tasks if t["code"]["coding"][0]["code"].startswith("bmi.")]
+    bmi = [o for o in observations if o["code"]["coding"][0]["code"] == "39156-5"]
+    assert len(bmi) == 1
+    assert len(bmi_tasks) == 1
+    assert bmi_tasks[0]["focus"]["reference"] == f"Observation/{bmi[0]['id']}"
+    provenances = await pipeline.admin.search("Provenance", target=f"Observation/{bmi[0]['id']}")
+    assert len(provenances) == 1
+    assert "urn:uuid" not in str(provenances[0]) + str(bmi_tasks[0])
+    assert (await pipeline.stats())["faults_injected"] == 8
