@@ -28,7 +28,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Dependencies (database, Medplum) are reachable */
+        /** The database is reachable (the receiver never needs Medplum to accept events) */
         get: operations["readyz_readyz_get"];
         put?: never;
         post?: never;
@@ -298,6 +298,15 @@ export interface operations {
             };
             /** @description Internal error */
             500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A dependency is unavailable */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };

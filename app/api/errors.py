@@ -102,6 +102,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
         (422, "Validation error"),
         (429, "Rate limited"),
         (500, "Internal error"),
+        (503, "A dependency is unavailable"),
     )
 }
 

@@ -34,7 +34,7 @@ async def healthz() -> Health:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    summary="Dependencies (database, Medplum) are reachable",
+    summary="The database is reachable (the receiver never needs Medplum to accept events)",
     responses={503: {"model": Readiness, "description": "A dependency is unreachable"}},
 )
 async def readyz(request: Request) -> JSONResponse:

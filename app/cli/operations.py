@@ -135,8 +135,8 @@ def jobs_retry(
                     typer.echo(f"event {event_id}: no such event", err=True)
                     missing += 1
                     continue
-                if event.status == "processed":
-                    typer.echo(f"event {event_id}: already processed, not replayed")
+                if event.status != "failed":
+                    typer.echo(f"event {event_id}: {event.status}, not dead-lettered: left as is")
                     continue
                 job_id = await repo.redefer(queue, event)
                 typer.echo(f"event {event_id}: queued again as job {job_id}")

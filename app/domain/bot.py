@@ -2,7 +2,7 @@
 
 A bot never does I/O. The pipeline (``app/services``) fetches the notified version and the
 bot's prefetch queries in one batch, calls ``compute``, and turns the declarative effects into
-FHIR resources with deterministic identifiers (``app/services/materialise.py``): a replayed
+FHIR resources with deterministic identifiers (``app/domain/proposals.py``): a replayed
 event writes nothing new, and a newer suggestion in the same *slot* supersedes the older
 pending Task of the same bot and patient.
 """
@@ -59,7 +59,8 @@ class BotDeclaration:
 
 @dataclass(frozen=True, slots=True)
 class BotEvent:
-    """The notification being processed: the exact version Medplum notified."""
+    """The notification being processed, with the notified resource's current version (a late
+    or out-of-order event computes on the newest state)."""
 
     interaction: Interaction
     resource: ResourceView | None  # None for a delete

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
@@ -320,7 +321,9 @@ def _status_reason(code: str, text: str) -> JSONObject:
     return {"coding": [{"system": STATUS_REASON_SYSTEM, "code": code}], "text": text}
 
 
-def _supersede(task: TaskView, successor_key: str, now: datetime) -> list[PlannedWrite]:
+def _supersede(
+    task: TaskView, successor_key: str, focus: JSONObject | None, now: datetime
+) -> list[PlannedWrite]:
     cancelled = dict(task.json)
     cancelled["status"] = "cancelled"
     cancelled["statusReason"] = _status_reason("superseded", "superseded")
@@ -337,7 +340,10 @@ def _supersede(task: TaskView, successor_key: str, now: datetime) -> list[Planne
         }
     )
     cancelled["extension"] = extensions
-    return [PlannedWrite("PUT", strip_meta(cancelled), if_match_version=task.version_id)]
+    writes = [PlannedWrite("PUT", strip_meta(cancelled), if_match_version=task.version_id)]
+    if focus is not None:
+        writes.extend(_withdraw_proposal(ResourceView(focus), "Superseded by a newer suggestion"))
+    return writes
 
 
 def strip_meta(resource: JSONObject) -> JSONObject:
@@ -472,6 +478,7 @@ def plan_writes(
     pending_tasks: list[TaskView],
     now: datetime,
     due_days: int,
+    pending_focus: Mapping[str, JSONObject] | None = None,
 ) -> WritePlan:
     """Group effects by slot and build the conditional writes for each."""
     plan = WritePlan()
@@ -550,7 +557,8 @@ def plan_writes(
             if old.identifier_value(TASK_SYSTEM) == key or old.status not in OPEN_TASK_STATUSES:
                 continue
             if any(c.get("code") == code for c in _task_codings(old)):
-                writes.extend(_supersede(old, key, now))
+                focus = (pending_focus or {}).get(old.focus or "")
+                writes.extend(_supersede(old, key, focus, now))
                 plan.superseded += 1
         plan.slots.append(SlotPlan(slot=slot, writes=writes, task_key=key))
     return plan

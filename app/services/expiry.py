@@ -7,8 +7,16 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from app import __version__
 from app.domain.fhir_views import ResourceView, TaskView
-from app.domain.proposals import OPEN_TASK_STATUSES, TAG_CODE, TAG_SYSTEM, withdraw_writes
+from app.domain.proposals import (
+    OPEN_TASK_STATUSES,
+    TAG_CODE,
+    TAG_SYSTEM,
+    PlannedWrite,
+    audit_event,
+    withdraw_writes,
+)
 from app.observability.logging import get_logger
 from app.services.processing import WriteExecutor
 
@@ -35,16 +43,32 @@ async def expire_tasks(
     async for page in medplum.search_pages("Task", params, max_pages=max_pages):
         tasks = [TaskView(t) for t in page.resources]
         focus = {ResourceView(r).reference: r for r in page.included}
-        groups = [
-            withdraw_writes(
+        moment = now or datetime.now(UTC)
+        groups: list[list[PlannedWrite]] = []
+        for task in tasks:
+            writes = withdraw_writes(
                 [task],
                 focus,
                 code="expired",
                 text=f"Expired after {settings.task_expiry_days} days without a decision",
-                now=now or datetime.now(UTC),
+                now=moment,
             )
-            for task in tasks
-        ]
+            if writes:
+                writes.append(
+                    audit_event(
+                        handler="expiry",
+                        version=__version__,
+                        event_reference=task.reference,
+                        event_version=task.version_id,
+                        inputs=[task.versioned_reference],
+                        outputs=[{"reference": task.reference}],
+                        outcome="expired",
+                        reasons=[f"no decision within {settings.task_expiry_days} days"],
+                        succeeded=True,
+                        now=moment,
+                    )
+                )
+            groups.append(writes)
         await executor.apply(groups, trace_id=None)
         expired += sum(1 for g in groups if g)
     if expired:

@@ -1,10 +1,11 @@
 """The job queue's tasks (procrastinate on PostgreSQL) and the worker process.
 
 ``process_event`` is the claim-check job the receiver defers: it carries the event key's id
-only, never a resource. Jobs of one patient run one at a time (the job's ``lock``). Failures
-retry with capped exponential backoff; a permanent failure, or the last attempt, leaves the job
-``failed`` in procrastinate and the event ``failed`` with a stable error code: the dead letter,
-listed by ``starvit jobs list --status failed`` and replayed by ``starvit jobs retry``.
+only, never a resource. Jobs of one patient and handler run one at a time (the job's
+``lock``). Failures retry with capped exponential backoff; a permanent failure, or the last
+attempt, leaves the job ``failed`` in procrastinate and the event ``failed`` with a stable
+error code: the dead letter, listed by ``starvit jobs list --status failed`` and replayed by
+``starvit jobs retry``.
 """
 
 from __future__ import annotations
@@ -232,11 +233,14 @@ assert f"{NAMESPACE}:process_event" == PROCESS_EVENT_TASK
 
 
 async def run_worker(settings: Settings, *, concurrency: int | None = None) -> None:
-    """Run one worker until SIGTERM/SIGINT; running jobs finish (or are released after the
-    graceful timeout and retried as stalled by another worker)."""
+    """Run one worker until SIGTERM/SIGINT; running jobs get the graceful timeout to finish,
+    then are cancelled and go through the retry policy (a killed worker's jobs are requeued as
+    stalled by another worker)."""
+    from app.observability.tracing import configure_tracing  # noqa: PLC0415
     from app.services.wiring import medplum_client, open_database  # noqa: PLC0415
     from bots import ALL_BOTS  # noqa: PLC0415
 
+    configure_tracing(settings)
     medplum = medplum_client(settings)
     database, queue = await open_database(settings)
     register(queue, settings)

@@ -29,6 +29,7 @@ INTERACTIONS = ("create", "update", "delete")
 _TYPE = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+_TRACE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 # The elements that name the patient a resource is about, in the order they are tried.
 _PATIENT_ELEMENTS = ("subject", "for", "patient", "beneficiary")
 
@@ -123,6 +124,8 @@ def event_key(
         raise NotificationRejected("body", "must be a JSON object")
     resource: JSONObject = parsed  # pyright: ignore[reportUnknownVariableType]
     trace_id = headers.get("x-trace-id")
+    if trace_id is not None and not _TRACE_ID.match(trace_id):
+        trace_id = None  # it travels into the job and the logs: only a safe token does
 
     if interaction == "delete":
         deleted = (headers.get("x-medplum-deleted-resource") or "").strip()

@@ -275,28 +275,25 @@ class EventProcessor:
         declaration = bot.declaration
         patient_id = event.patient_id
         requests = 0
-        entries: list[BundleRequest] = []
-        if event.version_id != DELETED_VERSION:
-            entries.append(BundleRequest.read(event.resource_type, event.resource_id))
+        # The current version is read even for a delete: the notification's headers are not
+        # signed (only its ``{}`` body is), so a delete counts only when Medplum confirms it.
+        entries = [BundleRequest.read(event.resource_type, event.resource_id)]
         patient = f"Patient/{patient_id}" if patient_id else None
         if patient is not None:
             entries.append(BundleRequest.read("Patient", patient.removeprefix("Patient/")))
             for prefetch in declaration.prefetch:
                 entries.append(BundleRequest.search(*_template(prefetch.query, patient)))
             entries.append(BundleRequest.search("Task", pending_tasks_query(patient)))
-        if not entries:
-            return Processed("no_patient", 0)
         requests += 1
         response = await self.medplum.batch(entries)
         results = list(response.entries)
 
         current: JSONObject | None = None
-        if event.version_id != DELETED_VERSION:
-            first = results.pop(0)
-            if first.ok and first.resource is not None:
-                current = first.resource
-            elif first.status_code not in (404, 410):
-                raise _entry_error(first)
+        first = results.pop(0)
+        if first.ok and first.resource is not None:
+            current = first.resource
+        elif first.status_code not in (404, 410):
+            raise _entry_error(first)
         if patient is None:
             # No subject in the notification: nothing to compute for, nothing to withdraw.
             return Processed("no_patient", requests)
@@ -357,6 +354,7 @@ class EventProcessor:
                 effects=effects,
                 patient=patient,
                 pending_tasks=tasks,
+                pending_focus=focus,
                 now=now,
                 due_days=self.settings.task_due_days,
             )

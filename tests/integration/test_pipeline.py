@@ -4,10 +4,13 @@ stand-in, and everything is checked as a clinician and as ops would see it."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from psycopg import sql
@@ -122,6 +125,13 @@ async def test_newer_evidence_supersedes_the_pending_task(pipeline: Pipeline) ->
     superseded = [t for t in tasks if t["status"] == "cancelled"]
     assert superseded
     assert all(t["statusReason"]["text"] == "superseded" for t in superseded)
+    bmi = [
+        o
+        for o in await pipeline.admin.search("Observation", subject=patient, _tag=TAG)
+        if o["code"]["coding"][0]["code"] == "39156-5"
+    ]
+    # A clinician never sees two pending versions: the superseded proposals are withdrawn.
+    assert [o["status"] for o in bmi].count("preliminary") == 1
 
 
 async def test_clinician_approval_finalises_and_rejection_retracts(pipeline: Pipeline) -> None:
@@ -339,3 +349,28 @@ async def test_undecided_tasks_expire_and_their_proposals_are_withdrawn(
     assert expired["status"] == "cancelled"
     assert expired["statusReason"]["coding"][0]["code"] == "expired"
     assert (await pipeline.admin.read(task["focus"]["reference"]))["status"] == "cancelled"
+
+
+async def test_a_forged_delete_withdraws_nothing(pipeline: Pipeline) -> None:
+    """Medplum signs only the ``{}`` body of a delete, never its headers: the worker confirms
+    the deletion with Medplum before withdrawing anything."""
+    patient = await pipeline.new_patient()
+    _height, weight = await pipeline.weight_and_height(patient)
+    await pipeline.settled()
+    body = b"{}"
+    signature = hmac.new(pipeline.stack.webhook_secret.encode(), body, hashlib.sha256).hexdigest()
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(
+            pipeline.stack.receiver_url,
+            content=body,
+            headers={
+                "Content-Type": "application/fhir+json",
+                "X-Signature": signature,
+                "X-Medplum-Interaction": "delete",
+                "X-Medplum-Deleted-Resource": f"Observation/{weight['id']}",
+                "X-Starvit-Bot": "bmi",
+            },
+        )
+    assert answer.status_code == 202
+    await pipeline.settled()
+    assert len(live(await pipeline.tasks_for(patient))) == 1

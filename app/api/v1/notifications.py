@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import psycopg
 from fastapi import APIRouter, Header, Request, Response
+from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, Field
 
 from app.api.errors import ERROR_RESPONSES, ApiError, ErrorCode
@@ -67,7 +69,7 @@ def _signature_failure(request: Request, code: ErrorCode) -> ApiError:
     summary="Receive a Medplum rest-hook notification",
     responses={
         200: {"model": NotificationAck, "description": "Duplicate or ignored own write"},
-        **{code: ERROR_RESPONSES[code] for code in (400, 401, 413, 415, 422, 429)},
+        **{code: ERROR_RESPONSES[code] for code in (400, 401, 413, 415, 422, 429, 503)},
     },
     openapi_extra={
         "requestBody": {
@@ -113,7 +115,12 @@ async def receive_notification(
         response.status_code = 200
         log.info("notification_ignored", reason=key.reason)
         return NotificationAck(status="ignored", reason=key.reason)
-    result = await runtime.require_intake().submit(key)
+    try:
+        result = await runtime.require_intake().submit(key)
+    except (psycopg.Error, OSError, PoolTimeout):
+        # Not durable, so not acknowledged: Medplum retries the delivery.
+        log.error("notification_not_recorded", bot=key.bot, target=key.reference)
+        raise ApiError(503, ErrorCode.DEPENDENCY_UNAVAILABLE) from None
     log.info(
         "notification_received",
         bot=key.bot,

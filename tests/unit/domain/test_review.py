@@ -151,6 +151,7 @@ def propose(store: Store, evidence_version: int, with_request: bool) -> None:
         pending_tasks=pending,
         now=NOW,
         due_days=7,
+        pending_focus={ResourceView(r).reference: r for r in store.resources.values()},
     )
     writes = [w for slot in plan.slots for w in slot.writes]
     for write in writes:
@@ -319,6 +320,8 @@ def test_supersession_leaves_one_live_task() -> None:
     assert len(live) == 1
     assert len(cancelled) == 1
     assert "superseded" in str(cancelled[0]["statusReason"])
+    observations = {o["status"] for o in store.of_type("Observation")}
+    assert observations == {"preliminary", "cancelled"}  # the old proposal is withdrawn
     successor = TaskView(live[0]).identifier_value(TASK_SYSTEM)
     assert successor is not None
     assert successor in str(cancelled[0]["extension"])
