@@ -320,7 +320,7 @@ def test_supersession_leaves_one_live_task() -> None:
     assert len(live) == 1
     assert len(cancelled) == 1
     assert "superseded" in str(cancelled[0]["statusReason"])
-    observations = {o["status"] for o in store.of_type("Observation")}
+    observations = {str(o["status"]) for o in store.of_type("Observation")}
     assert observations == {"preliminary", "cancelled"}  # the old proposal is withdrawn
     successor = TaskView(live[0]).identifier_value(TASK_SYSTEM)
     assert successor is not None
