@@ -193,6 +193,7 @@ def sweep_once() -> None:
                 queue=queue,
                 bots=ALL_BOTS,
                 initial_lookback=timedelta(hours=settings.sweep_initial_lookback_hours),
+                service_author=f"ClientApplication/{settings.medplum_client_id}",
             )
         finally:
             await medplum.aclose()

@@ -123,17 +123,19 @@ def plan_review(
     table = _APPROVED if decision == "approve" else _REJECTED
     new_status = table.get((view.resource_type, view.status or ""))
     if new_status is None:
+        # Decided before (a re-delivery, or a later edit of a decided Task): the first
+        # decision's Provenance stands; nothing is written again.
         plan.outcome = "already_decided"
         plan.reasons.append(f"the proposal is already {view.status}")
-    else:
-        updated = strip_meta(focus)
-        updated["status"] = new_status
-        reason = task.status_reason
-        if decision == "reject" and reason:
-            notes = updated.get("note")
-            note: JSONValue = {"text": f"Rejected by clinician: {reason}"}
-            updated["note"] = [*(notes if isinstance(notes, list) else []), note]
-        plan.writes.append(PlannedWrite("PUT", updated, if_match_version=view.version_id))
+        return plan
+    updated = strip_meta(focus)
+    updated["status"] = new_status
+    reason = task.status_reason
+    if decision == "reject" and reason:
+        notes = updated.get("note")
+        note: JSONValue = {"text": f"Rejected by clinician: {reason}"}
+        updated["note"] = [*(notes if isinstance(notes, list) else []), note]
+    plan.writes.append(PlannedWrite("PUT", updated, if_match_version=view.version_id))
     plan.writes.append(_decision_provenance(task, decider, decision, view, now))
     return plan
 

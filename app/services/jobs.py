@@ -159,6 +159,7 @@ async def run_sweep(timestamp: int) -> None:
         queue=worker.queue,
         bots=ALL_BOTS,
         initial_lookback=timedelta(hours=worker.settings.sweep_initial_lookback_hours),
+        service_author=f"ClientApplication/{worker.settings.medplum_client_id}",
     )
 
 

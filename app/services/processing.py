@@ -462,7 +462,7 @@ class EventProcessor:
             succeeded=plan.outcome != "refused",
             now=now,
         )
-        if plan.outcome in ("no_decision", "not_ours"):
+        if plan.outcome in ("no_decision", "not_ours", "already_decided"):
             return Processed(plan.outcome, requests)
         executor = WriteExecutor(self.medplum, transactions=self.settings.medplum_transactions)
         written = await executor.apply([plan.writes, [audit]], trace_id)

@@ -374,3 +374,32 @@ async def test_a_forged_delete_withdraws_nothing(pipeline: Pipeline) -> None:
     assert answer.status_code == 202
     await pipeline.settled()
     assert len(live(await pipeline.tasks_for(patient))) == 1
+
+
+async def test_the_sweep_catches_a_decision_missed_while_review_was_off(
+    pipeline: Pipeline,
+) -> None:
+    patient = await pipeline.new_patient()
+    await pipeline.weight_and_height(patient)
+    await pipeline.settled()
+    task = live(await pipeline.tasks_for(patient))[0]
+    [review] = [
+        s
+        for s in await pipeline.admin.search("Subscription")
+        if "X-Starvit-Bot: review" in s["channel"].get("header", [])
+    ]
+    await pipeline.admin.update({**review, "status": "off"})
+    session = await login(pipeline.devserver.base_url, "clinician-alice")
+    try:
+        await approve(session, task["id"])
+    finally:
+        await session.aclose()
+    await pipeline.settled()
+    assert (await pipeline.admin.read(task["focus"]["reference"]))["status"] == "preliminary"
+
+    swept = pipeline.stack.run("sweep")
+    assert swept.returncode == 0, swept.stdout + swept.stderr
+    await pipeline.settled()
+    assert (await pipeline.admin.read(task["focus"]["reference"]))["status"] == "final"
+    synced = pipeline.stack.run("subscriptions", "sync")
+    assert synced.returncode == 0, synced.stdout + synced.stderr

@@ -64,6 +64,7 @@ MAX_JSON_BODY_BYTES = 1_048_576
 # Medplum's FHIR quota, points per interaction (medplum-facts.md §4): benchmarks count these.
 POINTS = {"read": 1, "search": 20, "write": 100}
 
+_EXTENDED = {"X-Medplum": "extended"}
 _RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _TRACE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -229,8 +230,11 @@ class MedplumClient:
         )
         return self._resource_result(await self._execute(call), call)
 
-    async def search(self, resource_type: str, params: SearchParams | None = None) -> SearchResult:
-        """One page of ``GET [base]/{type}?params``; ``next_url`` leads to the next page."""
+    async def search(
+        self, resource_type: str, params: SearchParams | None = None, *, extended: bool = False
+    ) -> SearchResult:
+        """One page of ``GET [base]/{type}?params``; ``next_url`` leads to the next page.
+        ``extended`` asks for ``meta.author`` (``X-Medplum: extended``)."""
         _check_type(resource_type)
         call = _Call(
             kind="search",
@@ -240,15 +244,21 @@ class MedplumClient:
             idempotent=True,
             points=POINTS["search"],
             params=_query_pairs(params),
+            headers=_EXTENDED if extended else {},
         )
         return SearchResult.from_bundle(self._bundle_body(await self._execute(call), call))
 
     async def search_pages(
-        self, resource_type: str, params: SearchParams | None = None, *, max_pages: int = 50
+        self,
+        resource_type: str,
+        params: SearchParams | None = None,
+        *,
+        max_pages: int = 50,
+        extended: bool = False,
     ) -> AsyncIterator[SearchResult]:
         """Every page of a search, following the server's ``next`` links (which, like every
         URL, must pass the allowlist), at most ``max_pages``."""
-        page = await self.search(resource_type, params)
+        page = await self.search(resource_type, params, extended=extended)
         yield page
         pages = 1
         while page.next_url and pages < max_pages:
@@ -259,6 +269,7 @@ class MedplumClient:
                 resource_type=resource_type,
                 idempotent=True,
                 points=POINTS["search"],
+                headers=_EXTENDED if extended else {},
             )
             page = SearchResult.from_bundle(self._bundle_body(await self._execute(call), call))
             pages += 1
@@ -467,7 +478,7 @@ class MedplumClient:
             content_type=FHIR_JSON,
             headers={
                 **({} if read_only else self._write_headers(trace_id)),
-                **({"X-Medplum": "extended"} if extended else {}),
+                **(_EXTENDED if extended else {}),
             },
         )
         return parse_bundle_response(self._bundle_body(await self._execute(call), call))
