@@ -12,7 +12,7 @@ from app.api import health
 from app.api.errors import ERROR_RESPONSES, install_error_handlers
 from app.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from app.observability.logging import configure_logging, get_logger
-from app.observability.tracing import configure_tracing, instrument_app
+from app.observability.tracing import configure_tracing, instrument_app, tracing_active
 from app.services.runtime import Runtime
 from app.settings import Settings, get_settings
 
@@ -67,5 +67,6 @@ def create_app(
     app.include_router(v1_router)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
-    instrument_app(app)
+    if tracing_active():
+        instrument_app(app)
     return app

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -67,6 +69,16 @@ def worker(
     ]
     for child in children:
         child.start()
+
+    def stop_children(signum: int, _frame: object) -> None:
+        # Each child stops gracefully on SIGTERM (running jobs get their graceful timeout).
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signal.SIGTERM)
+        del signum
+
+    signal.signal(signal.SIGTERM, stop_children)
+    signal.signal(signal.SIGINT, stop_children)
     for child in children:
         child.join()
 
