@@ -1,0 +1,120 @@
+"""The end-to-end load: body-weight Observations written to Medplum as the partner client, run as
+its own process:
+
+    python -m benchmarks.writer '{"base_url": "...", "patients": [...], "count": 3000, ...}'
+
+Observation i is *scheduled* at ``t0 + i / rate`` (open loop) for patient ``i % len(patients)``
+with an effective time that grows with i, so every write is the patient's newest weight. It
+prints one JSON object: per write the scheduled, sent and answered wall-clock times (Unix
+seconds, the clock PostgreSQL's ``now()`` also reads) and the new Observation's id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from app.devtools.devserver import PARTNER_CLIENT_ID, PARTNER_CLIENT_SECRET
+
+WEIGHT_LOINC = "29463-7"
+HEIGHT_LOINC = "8302-2"
+EPOCH = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
+
+
+def vital(patient: str, loinc: str, value: float, unit: str, when: datetime) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "vital-signs",
+                    }
+                ]
+            }
+        ],
+        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
+        "subject": {"reference": patient},
+        "effectiveDateTime": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "valueQuantity": {
+            "value": value,
+            "unit": unit,
+            "system": "http://unitsofmeasure.org",
+            "code": unit,
+        },
+    }
+
+
+def weight(patient: str, index: int) -> dict[str, Any]:
+    # 90-110 kg with a 165 cm height: BMI 33-40, so both the BMI and the obesity bot propose,
+    # and each new weight changes the BMI (a new suggestion supersedes the pending one).
+    kilograms = 90 + (index * 7919) % 200 / 10
+    return vital(patient, WEIGHT_LOINC, kilograms, "kg", EPOCH + timedelta(minutes=index))
+
+
+async def token(http: httpx.AsyncClient, base_url: str) -> str:
+    answer = await http.post(
+        base_url + "oauth2/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": PARTNER_CLIENT_ID,
+            "client_secret": PARTNER_CLIENT_SECRET,
+        },
+    )
+    answer.raise_for_status()
+    return str(answer.json()["access_token"])
+
+
+async def run(config: dict[str, Any]) -> dict[str, Any]:
+    base_url = str(config["base_url"])
+    patients: list[str] = list(config["patients"])
+    count = int(config["count"])
+    rate = float(config["rate"])
+    first = int(config.get("first_index", 0))
+    limits = httpx.Limits(max_connections=int(config.get("max_connections", 64)))
+    async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+        bearer = await token(http, base_url)
+        headers = {"Authorization": f"Bearer {bearer}", "Content-Type": "application/fhir+json"}
+        url = base_url + "fhir/R4/Observation"
+        records: list[list[Any]] = [[] for _ in range(count)]
+
+        async def write(i: int, scheduled: float) -> None:
+            index = first + i
+            body = weight(patients[index % len(patients)], index)
+            sent = time.time()
+            try:
+                answer = await http.post(url, json=body, headers=headers)
+                status = answer.status_code
+                resource_id = answer.json().get("id") if status == 201 else None
+            except httpx.HTTPError:
+                status, resource_id = 0, None
+            records[i] = [scheduled, sent, time.time(), status, resource_id]
+
+        tasks: list[asyncio.Task[None]] = []
+        start_wall = time.time() + 0.05
+        start = time.perf_counter() + 0.05
+        for i in range(count):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(write(i, start_wall + i / rate)))
+        await asyncio.gather(*tasks)
+    return {"records": records, "token_requests": 1, "start": start_wall}
+
+
+def main() -> None:
+    config: dict[str, Any] = json.loads(sys.argv[1])
+    result = asyncio.run(run(config))
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
