@@ -20,6 +20,7 @@ import psutil
 import psycopg
 from psycopg import sql
 
+from app.cli.main import GUNICORN_FLAGS
 from app.devtools.devserver import PROJECT_ROOT
 from app.devtools.stack import ServiceProcess, Stack, free_port
 from app.persistence import embedded
@@ -28,19 +29,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 BENCH_PG_DIR = PROJECT_ROOT / "var" / "bench-pgdata"
-GUNICORN_FLAGS = (
-    # The same flags as `starvit serve` (app/cli/main.py).
-    "--worker-class",
-    "uvicorn_worker.UvicornWorker",
-    "--graceful-timeout",
-    "30",
-    "--keep-alive",
-    "5",
-    "--access-logfile",
-    "/dev/null",
-    "--error-logfile",
-    "-",
-)
 
 
 @dataclass

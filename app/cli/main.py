@@ -21,6 +21,22 @@ cli = typer.Typer(
 )
 
 
+# How the production server runs (also used by the benchmarks' bare baseline, so that both are
+# served the same way): Uvicorn workers, graceful stop, no access log (URLs carry queries).
+GUNICORN_FLAGS = (
+    "--worker-class",
+    "uvicorn_worker.UvicornWorker",
+    "--graceful-timeout",
+    "30",
+    "--keep-alive",
+    "5",
+    "--access-logfile",
+    "/dev/null",
+    "--error-logfile",
+    "-",
+)
+
+
 def fail_configuration(error: ConfigurationError) -> typer.Exit:
     typer.echo(f"error: {error}", err=True)
     return typer.Exit(code=2)
@@ -55,20 +71,11 @@ def serve(
         "-m",
         "gunicorn",
         "app.main:create_app()",
-        "--worker-class",
-        "uvicorn_worker.UvicornWorker",
+        *GUNICORN_FLAGS,
         "--bind",
         f"{host}:{port}",
         "--workers",
         str(workers),
-        "--graceful-timeout",
-        "30",
-        "--keep-alive",
-        "5",
-        "--access-logfile",
-        "/dev/null",
-        "--error-logfile",
-        "-",
     ]
     os.execv(sys.executable, argv)  # noqa: S606 - replaces this process with the server
 
