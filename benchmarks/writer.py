@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from app.devtools.devserver import PARTNER_CLIENT_ID, PARTNER_CLIENT_SECRET
+from app.devtools.resources import vital_sign
 
 WEIGHT_LOINC = "29463-7"
 HEIGHT_LOINC = "8302-2"
@@ -28,29 +29,7 @@ EPOCH = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
 
 
 def vital(patient: str, loinc: str, value: float, unit: str, when: datetime) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "status": "final",
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                        "code": "vital-signs",
-                    }
-                ]
-            }
-        ],
-        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
-        "subject": {"reference": patient},
-        "effectiveDateTime": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "valueQuantity": {
-            "value": value,
-            "unit": unit,
-            "system": "http://unitsofmeasure.org",
-            "code": unit,
-        },
-    }
+    return vital_sign(patient, loinc, value, unit, when.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
 def weight(patient: str, index: int) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from app.devtools.devserver import (
     PARTNER_CLIENT_SECRET,
     DevServer,
 )
+from app.devtools.resources import vital_sign
 from app.devtools.stack import Stack
 from app.services.subscriptions import sync_subscriptions
 from app.services.wiring import medplum_client
@@ -85,29 +86,7 @@ class Fhir:
 
 
 def observation(patient: str, loinc: str, value: float, unit: str, when: str) -> Json:
-    return {
-        "resourceType": "Observation",
-        "status": "final",
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                        "code": "vital-signs",
-                    }
-                ]
-            }
-        ],
-        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
-        "subject": {"reference": patient},
-        "effectiveDateTime": when,
-        "valueQuantity": {
-            "value": value,
-            "unit": unit,
-            "system": "http://unitsofmeasure.org",
-            "code": unit,
-        },
-    }
+    return vital_sign(patient, loinc, value, unit, when)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from app.devtools.devserver import (
     SERVICE_CLIENT_SECRET,
     DevServer,
 )
+from app.devtools.resources import vital_sign
 from app.domain.proposals import BOT_DEVICE_SYSTEM, tag
 from app.integrations.medplum import MedplumClient, MedplumClientConfig
 from app.services.notifications import signature_matches
@@ -173,29 +174,7 @@ async def synced(service: MedplumClient, settings: Settings) -> dict[str, str]:
 
 
 def weight_observation(patient_id: str, kg: float) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "status": "final",
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                        "code": "vital-signs",
-                    }
-                ]
-            }
-        ],
-        "code": {"coding": [{"system": "http://loinc.org", "code": WEIGHT}], "text": "Weight"},
-        "subject": {"reference": f"Patient/{patient_id}"},
-        "effectiveDateTime": "2026-03-01T09:00:00Z",
-        "valueQuantity": {
-            "value": kg,
-            "unit": "kg",
-            "system": "http://unitsofmeasure.org",
-            "code": "kg",
-        },
-    }
+    return vital_sign(f"Patient/{patient_id}", WEIGHT, kg, "kg", "2026-03-01T09:00:00Z")
 
 
 async def new_patient(partner: MedplumClient) -> str:
