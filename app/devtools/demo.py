@@ -22,7 +22,7 @@ from app.devtools import clinician, synthea
 from app.devtools.devserver import DevServer
 from app.devtools.stack import Stack
 from app.integrations.medplum import MedplumClient
-from app.persistence.embedded import ensure_running
+from app.persistence.embedded import ensure_running, stop
 from app.services.subscriptions import sync_subscriptions
 from app.services.wiring import medplum_client
 from app.settings import Settings, load_settings
@@ -157,6 +157,9 @@ async def run_demo(
         finally:
             say.section("Stopping what the demo started")
             stack.close()
+    if started:
+        await asyncio.to_thread(stop, settings.embedded_pg_dir)
+        say("embedded PostgreSQL stopped")
     say("done")
     return 0
 

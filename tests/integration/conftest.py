@@ -16,18 +16,22 @@ import pytest
 from psycopg import sql
 
 from app.devtools.devserver import DevServer
-from app.persistence.embedded import ensure_running
+from app.persistence.embedded import ensure_running, stop
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def postgres_server_url() -> str:
+def postgres_server_url() -> Iterator[str]:
     configured = os.environ.get("STARVIT_TEST_DATABASE_URL")
     if configured:
-        return configured
-    server, _ = ensure_running(PROJECT_ROOT / "var" / "test-pgdata")
-    return server.url
+        yield configured
+        return
+    data_dir = PROJECT_ROOT / "var" / "test-pgdata"
+    server, started = ensure_running(data_dir)
+    yield server.url
+    if started:
+        stop(data_dir)  # leave nothing running that this session started
 
 
 @contextmanager
