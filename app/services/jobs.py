@@ -212,6 +212,21 @@ async def run_expiry(timestamp: int) -> None:
     await expire_tasks(worker.medplum, worker.settings)
 
 
+FINISHED_JOB_RETENTION_HOURS = 72
+
+
+@blueprint.task(name="queue_housekeeping", queue=MAINTENANCE_QUEUE, queueing_lock="housekeeping")
+async def queue_housekeeping(timestamp: int) -> None:
+    """Delete succeeded jobs older than three days (failed ones are the dead letter and stay;
+    ``starvit.event_keys`` keeps every event's outcome) and refresh the queue table's planner
+    statistics: procrastinate's fetch slows sharply on a backlog the statistics have not seen."""
+    del timestamp
+    worker = state()
+    await worker.queue.job_manager.delete_old_jobs(nb_hours=FINISHED_JOB_RETENTION_HOURS)
+    async with worker.database.pool.connection() as conn:
+        await conn.execute("ANALYZE procrastinate_jobs")
+
+
 def every(seconds: int) -> str:
     """A cron expression (croniter, seconds as the sixth field) for an interval."""
     if seconds < 60:
@@ -228,6 +243,7 @@ def register(queue: App, settings: Settings) -> None:
     queue.periodic(cron=every(30), periodic_id="stalled")(retry_stalled_jobs)
     queue.periodic(cron=every(300), periodic_id="health")(check_subscriptions)
     queue.periodic(cron="17 * * * *", periodic_id="expiry")(run_expiry)
+    queue.periodic(cron=every(60), periodic_id="housekeeping")(queue_housekeeping)
 
 
 assert f"{NAMESPACE}:process_event" == PROCESS_EVENT_TASK
