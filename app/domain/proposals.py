@@ -51,7 +51,6 @@ UUID_NAMESPACE = uuid.UUID("9f0c3a55-8e1e-4a33-9a57-3e3f0e0c7a10")
 
 # SNOMED CT 158965000 "Medical practitioner" (the provider app's "Doctor" performer type).
 DOCTOR: JSONObject = {"system": SNOMED, "code": "158965000", "display": "Medical practitioner"}
-PENDING_TASK_STATUSES = ("requested", "ready", "received", "accepted", "in-progress", "draft")
 OPEN_TASK_STATUSES = ("requested", "ready", "received", "draft")
 
 

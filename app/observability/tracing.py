@@ -133,7 +133,3 @@ def instrument_app(app: FastAPI) -> None:
         server_request_hook=server_request_hook,
         exclude_spans=["receive", "send"],
     )
-
-
-def tracer(name: str) -> trace.Tracer:
-    return trace.get_tracer(name)

@@ -268,12 +268,6 @@ class EventRepository:
                 ("failed" if final else "queued", error_code, event_id),
             )
 
-    async def requeue(self, event_id: int) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                "UPDATE starvit.event_keys SET status = 'queued' WHERE id = %s", (event_id,)
-            )
-
     async def list(self, *, status: str | None = None, limit: int = 50) -> list[StoredEvent]:
         async with self.pool.connection() as conn:
             if status:
