@@ -403,3 +403,28 @@ async def test_the_sweep_catches_a_decision_missed_while_review_was_off(
     assert (await pipeline.admin.read(task["focus"]["reference"]))["status"] == "final"
     synced = pipeline.stack.run("subscriptions", "sync")
     assert synced.returncode == 0, synced.stdout + synced.stderr
+
+
+async def test_a_partner_cannot_grant_the_clinician_role(pipeline: Pipeline) -> None:
+    """Who counts as a clinician comes from PractitionerRole: the recommended policy lets a
+    partner load roles (Synthea's practitioners) but never the clinician codes."""
+
+    def role(system: str, code: str) -> dict[str, Any]:
+        return {
+            "resourceType": "PractitionerRole",
+            "active": True,
+            "practitioner": {"reference": "Practitioner/ops-olivia"},
+            "code": [{"coding": [{"system": system, "code": code}]}],
+        }
+
+    headers = await pipeline.partner.auth_headers()
+    granted = await pipeline.partner.http.post(
+        "PractitionerRole", json=role("http://snomed.info/sct", "158965000"), headers=headers
+    )
+    assert granted.status_code == 403, granted.text
+    loaded = await pipeline.partner.http.post(
+        "PractitionerRole",
+        json=role("http://nucc.org/provider-taxonomy", "208D00000X"),
+        headers=headers,
+    )
+    assert loaded.status_code == 201, loaded.text
