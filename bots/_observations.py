@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from app.domain.bot import BotEvent, Effect, Interaction, NoResult
+from app.domain.bot import BotEvent, Effect, Interaction, NoResult, Prefetch, Trigger
 from app.domain.clinical.bmi import BODY_HEIGHT_LOINC, BODY_WEIGHT_LOINC, bmi_for_weight
 from app.domain.clinical.bmi import height_for_weight as _height_for_weight
 from app.domain.clinical.evidence import Measurement
@@ -45,6 +45,23 @@ def observation_search(*loincs: str, count: int) -> str:
 def trigger_criteria(*loincs: str) -> str:
     """A Subscription criteria on Observation codes (a token search, matched in memory)."""
     return "Observation?code=" + ",".join(f"http://loinc.org|{code}" for code in loincs)
+
+
+def bmi_trigger() -> Trigger:
+    """What the BMI-based bots (``bmi``, ``obesity``) watch: body weights and heights."""
+    return Trigger(
+        resource_type="Observation",
+        criteria=trigger_criteria(BODY_WEIGHT_LOINC, BODY_HEIGHT_LOINC),
+        interactions=(Interaction.CREATE, Interaction.UPDATE, Interaction.DELETE),
+    )
+
+
+def bmi_prefetch() -> tuple[Prefetch, ...]:
+    """The patient's newest weights and heights, for the BMI-based bots."""
+    return (
+        Prefetch(WEIGHTS, observation_search(BODY_WEIGHT_LOINC, count=20)),
+        Prefetch(HEIGHTS, observation_search(BODY_HEIGHT_LOINC, count=20)),
+    )
 
 
 def notified_observation(event: BotEvent) -> ObservationView | list[Effect]:

@@ -13,30 +13,23 @@ from app.domain.bot import (
     BotEvent,
     Effect,
     Evidence,
-    Interaction,
     OpenReviewTask,
-    Prefetch,
     ProposeObservation,
-    Trigger,
 )
 from app.domain.clinical.bmi import (
     BMI_LOINC,
     BMI_UNIT,
-    BODY_HEIGHT_LOINC,
-    BODY_WEIGHT_LOINC,
     WHO_BMI_CLASSIFICATION,
     BmiCategory,
 )
 from bots._observations import (
-    HEIGHTS,
-    WEIGHTS,
     BmiEvaluation,
+    bmi_prefetch,
+    bmi_trigger,
     cite,
     day,
     evaluate_bmi,
-    observation_search,
     quantity_text,
-    trigger_criteria,
 )
 
 BMI_DISPLAY = "Body mass index (BMI) [Ratio]"
@@ -56,15 +49,8 @@ DECLARATION = BotDeclaration(
     version="1.0.0",
     title="Body mass index",
     citation=WHO_BMI_CLASSIFICATION,
-    trigger=Trigger(
-        resource_type="Observation",
-        criteria=trigger_criteria(BODY_WEIGHT_LOINC, BODY_HEIGHT_LOINC),
-        interactions=(Interaction.CREATE, Interaction.UPDATE, Interaction.DELETE),
-    ),
-    prefetch=(
-        Prefetch(WEIGHTS, observation_search(BODY_WEIGHT_LOINC, count=20)),
-        Prefetch(HEIGHTS, observation_search(BODY_HEIGHT_LOINC, count=20)),
-    ),
+    trigger=bmi_trigger(),
+    prefetch=bmi_prefetch(),
     description=(
         "Adult BMI of the newest usable body weight with the latest height of the year before "
         "it, proposed as a preliminary Observation with a routine review Task."

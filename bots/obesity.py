@@ -13,23 +13,17 @@ from app.domain.bot import (
     BotDeclaration,
     BotEvent,
     Effect,
-    Interaction,
     OpenReviewTask,
-    Prefetch,
     ProposeRequest,
-    Trigger,
 )
-from app.domain.clinical.bmi import BODY_HEIGHT_LOINC, BODY_WEIGHT_LOINC
 from app.domain.clinical.obesity import USPSTF_2018_WEIGHT_LOSS, weight_management_suggestion
 from app.domain.fhir_views import SNOMED
 from bots._observations import (
-    HEIGHTS,
-    WEIGHTS,
     BmiEvaluation,
+    bmi_prefetch,
+    bmi_trigger,
     cite,
     evaluate_bmi,
-    observation_search,
-    trigger_criteria,
 )
 from bots.bmi import bmi_sentence, evidence_of
 
@@ -44,15 +38,8 @@ DECLARATION = BotDeclaration(
     version="1.0.0",
     title="Weight-management counselling for adult obesity",
     citation=USPSTF_2018_WEIGHT_LOSS,
-    trigger=Trigger(
-        resource_type="Observation",
-        criteria=trigger_criteria(BODY_WEIGHT_LOINC, BODY_HEIGHT_LOINC),
-        interactions=(Interaction.CREATE, Interaction.UPDATE, Interaction.DELETE),
-    ),
-    prefetch=(
-        Prefetch(WEIGHTS, observation_search(BODY_WEIGHT_LOINC, count=20)),
-        Prefetch(HEIGHTS, observation_search(BODY_HEIGHT_LOINC, count=20)),
-    ),
+    trigger=bmi_trigger(),
+    prefetch=bmi_prefetch(),
     description=(
         "An adult BMI of 30 or more proposes a draft referral to a weight-management programme "
         "(USPSTF 2018, grade B) with a routine review Task."
