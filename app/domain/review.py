@@ -4,7 +4,8 @@ This module is the only place that produces ``final`` Observations and ``active`
 only for a Task status change made by a clinician: a Practitioner holding an active
 PractitionerRole with a clinician role code. ``completed`` / ``accepted`` approve, ``rejected``
 / ``cancelled`` retract; any other author (the service itself, a partner client, a patient, a
-non-clinical Practitioner) is refused and changes nothing.
+non-clinical Practitioner) is refused: the proposal is not touched and the Task is returned to
+``requested`` for a clinician.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ def plan_review(
             "refused",
             decision=decision,
             decider=decider,
+            writes=[_returned_for_review(task)],
             reasons=[f"the {task.status} status was not set by a clinician"],
         )
     plan = ReviewPlan(
@@ -138,6 +140,18 @@ def plan_review(
     plan.writes.append(PlannedWrite("PUT", updated, if_match_version=view.version_id))
     plan.writes.append(_decision_provenance(task, decider, decision, view, now))
     return plan
+
+
+def _returned_for_review(task: TaskView) -> PlannedWrite:
+    """A refused status change is undone: the Task goes back to ``requested`` so that it stays
+    in the clinicians' list (and can still expire), guarded by the version that was refused."""
+    restored = strip_meta(task.json)
+    restored["status"] = "requested"
+    restored.pop("statusReason", None)
+    restored["businessStatus"] = {
+        "text": "Returned for clinician review: the status change was not made by a clinician"
+    }
+    return PlannedWrite("PUT", restored, if_match_version=task.version_id)
 
 
 def _decision_provenance(

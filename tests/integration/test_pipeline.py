@@ -183,6 +183,9 @@ async def test_a_status_change_by_a_non_clinician_is_refused(pipeline: Pipeline)
     await pipeline.settled()
     for focus in (task["focus"]["reference"], other_task["focus"]["reference"]):
         assert (await pipeline.admin.read(focus))["status"] == "preliminary"
+    for refused_task in (task, other_task):
+        # Back in the clinicians' list, not left "completed" by someone who may not decide.
+        assert (await pipeline.admin.read(f"Task/{refused_task['id']}"))["status"] == "requested"
     decisions = {e[3]: e[6] for e in pipeline.events() if e[1] == "review"}
     assert decisions[task["id"]] == "refused"
     assert decisions[other_task["id"]] == "refused"

@@ -291,7 +291,12 @@ def test_non_clinicians_are_refused() -> None:
             now=NOW,
         )
         assert plan.outcome == "refused"
-        assert plan.writes == []
+        # Nothing but the Task is written: it goes back to the clinicians' list.
+        [restored] = plan.writes
+        assert restored.method == "PUT"
+        assert restored.resource["resourceType"] == "Task"
+        assert restored.resource["status"] == "requested"
+        assert restored.if_match_version == view.version_id
 
 
 def test_replayed_decision_writes_nothing_new() -> None:
