@@ -86,7 +86,8 @@ class Settings(BaseSettings):
     # --- Worker ---
     worker_concurrency: int = Field(default=4, ge=1, le=64)
     job_max_attempts: int = Field(default=8, ge=1, le=50)
-    sweep_interval_seconds: int = Field(default=60, ge=5)
+    # 0 turns the worker's periodic sweep off (run `starvit sweep` from a scheduler instead).
+    sweep_interval_seconds: int = Field(default=60, ge=0)
     # How far back the very first sweep of a bot looks (later sweeps start at the watermark).
     sweep_initial_lookback_hours: int = Field(default=24, ge=1)
     task_due_days: int = Field(default=7, ge=1)
@@ -117,6 +118,13 @@ class Settings(BaseSettings):
                     raise ValueError("an empty webhook secret would accept any signature")
             return checked
         return items
+
+    @field_validator("sweep_interval_seconds")
+    @classmethod
+    def _sweep_interval(cls, value: int) -> int:
+        if 0 < value < 5:
+            raise ValueError("must be 0 (off) or at least 5 seconds")
+        return value
 
     @field_validator("medplum_allowed_hosts", "clinician_role_codes", mode="before")
     @classmethod

@@ -239,7 +239,8 @@ def register(queue: App, settings: Settings) -> None:
     if PROCESS_EVENT_TASK in queue.tasks:  # pyright: ignore[reportUnknownMemberType]
         return
     queue.add_tasks_from(blueprint, namespace=NAMESPACE)
-    queue.periodic(cron=every(settings.sweep_interval_seconds), periodic_id="sweep")(run_sweep)
+    if settings.sweep_interval_seconds:
+        queue.periodic(cron=every(settings.sweep_interval_seconds), periodic_id="sweep")(run_sweep)
     queue.periodic(cron=every(30), periodic_id="stalled")(retry_stalled_jobs)
     queue.periodic(cron=every(300), periodic_id="health")(check_subscriptions)
     queue.periodic(cron="17 * * * *", periodic_id="expiry")(run_expiry)

@@ -44,8 +44,13 @@ def module_database(postgres_server_url: str) -> Iterator[str]:
 async def pipeline(module_devserver: DevServer, module_database: str) -> AsyncIterator[Pipeline]:
     """One running service for the module; each test works on its own patients."""
     # Spans go to the console exporter so that the PHI canary test reads them with the logs.
+    # No periodic sweep: the sweep tests run `starvit sweep` when they need it, and a sweep in
+    # the middle of another test would change what that test observes.
     running = await start_pipeline(
-        module_devserver, module_database, STARVIT_OTEL_EXPORTER="console"
+        module_devserver,
+        module_database,
+        STARVIT_OTEL_EXPORTER="console",
+        STARVIT_SWEEP_INTERVAL_SECONDS="0",
     )
     try:
         yield running
@@ -259,6 +264,13 @@ async def test_the_sweep_catches_events_missed_while_a_subscription_was_off(
     ]
     assert len(weight_subscriptions) == 1
     await pipeline.admin.update({**weight_subscriptions[0], "status": "off"})
+    try:
+        await _missed_weight_events_are_swept(pipeline)
+    finally:
+        pipeline.stack.run("subscriptions", "sync")  # whatever happened, the next tests need it
+
+
+async def _missed_weight_events_are_swept(pipeline: Pipeline) -> None:
     patient = await pipeline.new_patient()
     height, weight = await pipeline.weight_and_height(patient)
     await pipeline.settled()
@@ -392,6 +404,13 @@ async def test_the_sweep_catches_a_decision_missed_while_review_was_off(
         if "X-Starvit-Bot: review" in s["channel"].get("header", [])
     ]
     await pipeline.admin.update({**review, "status": "off"})
+    try:
+        await _missed_decision_is_swept(pipeline, task)
+    finally:
+        pipeline.stack.run("subscriptions", "sync")
+
+
+async def _missed_decision_is_swept(pipeline: Pipeline, task: dict[str, Any]) -> None:
     session = await login(pipeline.devserver.base_url, "clinician-alice")
     try:
         await approve(session, task["id"])

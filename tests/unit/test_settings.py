@@ -123,3 +123,10 @@ def test_medplum_base_url_gets_trailing_slash() -> None:
 def test_allowed_hosts_from_csv(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STARVIT_MEDPLUM_ALLOWED_HOSTS", "storage.example:443, cdn.example")
     assert load_settings().medplum_allowed_hosts == ["storage.example:443", "cdn.example"]
+
+
+def test_the_sweep_interval_is_off_or_at_least_five_seconds() -> None:
+    assert load_settings(sweep_interval_seconds=0).sweep_interval_seconds == 0
+    assert load_settings(sweep_interval_seconds=5).sweep_interval_seconds == 5
+    with pytest.raises(ConfigurationError, match="STARVIT_SWEEP_INTERVAL_SECONDS"):
+        load_settings(sweep_interval_seconds=3)
