@@ -11,22 +11,19 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
 
 import psutil
-import psycopg
-from psycopg import sql
 
 from app.cli.main import GUNICORN_FLAGS
+from app.devtools.databases import scratch_database
 from app.devtools.devserver import PROJECT_ROOT
 from app.devtools.stack import ServiceProcess, Stack, free_port
 from app.persistence import embedded
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    pass
 
 BENCH_PG_DIR = PROJECT_ROOT / "var" / "bench-pgdata"
 
@@ -41,19 +38,8 @@ class Postgres:
         server, started = embedded.ensure_running(BENCH_PG_DIR)
         return cls(server.url, started)
 
-    @contextlib.contextmanager
-    def fresh_database(self, label: str) -> Iterator[str]:
-        name = f"bench_{label}_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(self.server_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        parts = urlsplit(self.server_url)
-        try:
-            yield urlunsplit(parts._replace(path=f"/{name}"))
-        finally:
-            with psycopg.connect(self.server_url, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
+    def fresh_database(self, label: str) -> contextlib.AbstractContextManager[str]:
+        return scratch_database(self.server_url, f"bench_{label}")
 
     def stop(self) -> None:
         if self.started_here:

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
-from psycopg import sql
 
 from app.devtools import clinician, synthea
+from app.devtools.databases import create_database
 from app.devtools.devserver import DevServer
 from app.devtools.stack import Stack
 from app.integrations.medplum import MedplumClient
@@ -40,15 +40,6 @@ class Printer:
     def section(self, title: str) -> None:
         print(flush=True)  # noqa: T201
         self(f"== {title}")
-
-
-def _fresh_database(server_url: str) -> str:
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DEMO_DATABASE))
-        )
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DATABASE)))
-    return server_url.rsplit("/", 1)[0] + f"/{DEMO_DATABASE}"
 
 
 def _event_counts(database_url: str) -> tuple[Counter[str], Counter[str], int]:
@@ -122,7 +113,7 @@ async def run_demo(
     settings = load_settings()
     server, started = await asyncio.to_thread(ensure_running, settings.embedded_pg_dir)
     say(f"embedded PostgreSQL {'started' if started else 'running'} in {settings.embedded_pg_dir}")
-    database_url = await asyncio.to_thread(_fresh_database, server.url)
+    database_url = await asyncio.to_thread(create_database, server.url, DEMO_DATABASE, replace=True)
     with DevServer.start() as devserver:
         say(f"Medplum stand-in at {devserver.base_url}")
         stack = Stack(devserver.base_url, database_url)

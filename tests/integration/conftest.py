@@ -5,16 +5,13 @@ and the real Medplum stand-in."""
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 import pytest
-from psycopg import sql
 
+from app.devtools.databases import scratch_database
 from app.devtools.devserver import DevServer
 from app.persistence.embedded import ensure_running, stop
 
@@ -34,20 +31,9 @@ def postgres_server_url() -> Iterator[str]:
         stop(data_dir)  # leave nothing running that this session started
 
 
-@contextmanager
-def fresh_database(server_url: str) -> Iterator[str]:
+def fresh_database(server_url: str) -> AbstractContextManager[str]:
     """A new, empty database on ``server_url`` (dropped afterwards)."""
-    name = f"starvit_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    parts = urlsplit(server_url)
-    try:
-        yield urlunsplit(parts._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    return scratch_database(server_url, "starvit_test")
 
 
 @pytest.fixture
