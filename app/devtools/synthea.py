@@ -38,12 +38,13 @@ from urllib.parse import parse_qsl
 from app.devtools.devserver import PARTNER_CLIENT_ID, PARTNER_CLIENT_SECRET
 from app.domain.fhir_json import (
     JSONObject,
-    JSONValue,
     dumps,
     get_object,
     get_objects,
     get_str,
+    iter_references,
     loads_object,
+    rewrite_resource,
 )
 from app.integrations.medplum import (
     MAX_CONDITIONAL_TRANSACTION_ENTRIES,
@@ -167,41 +168,6 @@ def read_bundle(path: Path) -> JSONObject:
 
 
 # --- references --------------------------------------------------------------------------------
-
-
-def iter_references(value: JSONValue) -> Iterator[str]:
-    """Every ``reference`` string anywhere in ``value`` (``Reference.reference``)."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key == "reference" and isinstance(item, str):
-                yield item
-            else:
-                yield from iter_references(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from iter_references(item)
-
-
-def rewrite_references(value: JSONValue, mapping: Mapping[str, str]) -> JSONValue:
-    """A copy of ``value`` whose ``reference`` strings found in ``mapping`` are replaced.
-    Only ``reference`` members are touched (a ``urn:uuid`` in an identifier stays)."""
-    if isinstance(value, dict):
-        out: JSONObject = {}
-        for key, item in value.items():
-            if key == "reference" and isinstance(item, str):
-                out[key] = mapping.get(item, item)
-            else:
-                out[key] = rewrite_references(item, mapping)
-        return out
-    if isinstance(value, list):
-        return [rewrite_references(item, mapping) for item in value]
-    return value
-
-
-def _rewrite_entry(entry: JSONObject, mapping: Mapping[str, str]) -> JSONObject:
-    rewritten = rewrite_references(entry, mapping)
-    assert isinstance(rewritten, dict)
-    return rewritten
 
 
 def is_conditional_reference(reference: str) -> bool:
@@ -357,7 +323,7 @@ def split_bundle(
     known = resolved or {}
     raw = bundle.get("entry")
     entries: list[JSONObject] = (
-        [_rewrite_entry(e, known) for e in raw if isinstance(e, dict)]  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType]
+        [rewrite_resource(e, known) for e in raw if isinstance(e, dict)]  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType]
         if isinstance(raw, list)
         else []
     )
@@ -583,7 +549,7 @@ class _Loader:
         pending = list(range(len(chunk.entries)))
         attempts = 0
         while pending:
-            entries = [_rewrite_entry(chunk.entries[i], self.resolved) for i in pending]
+            entries = [rewrite_resource(chunk.entries[i], self.resolved) for i in pending]
             await self.pacer.before(len(entries))
             wait: float | None = None
             throttled: list[int] = []

@@ -7,7 +7,7 @@ below read one member with its JSON type checked, so callers need no ``Any``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import cast
 
 import orjson
@@ -86,3 +86,39 @@ def version_id_of(resource: Mapping[str, object]) -> str | None:
     if isinstance(meta, dict):
         return get_str(cast("JSONObject", meta), "versionId")
     return None
+
+
+def iter_references(value: JSONValue) -> Iterator[str]:
+    """Every ``reference`` string anywhere in ``value`` (``Reference.reference``)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "reference" and isinstance(item, str):
+                yield item
+            else:
+                yield from iter_references(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from iter_references(item)
+
+
+def rewrite_references(value: JSONValue, mapping: Mapping[str, str]) -> JSONValue:
+    """A copy of ``value`` whose ``reference`` strings found in ``mapping`` are replaced.
+    Only ``reference`` members are touched (a ``urn:uuid`` in an identifier stays)."""
+    if isinstance(value, dict):
+        out: JSONObject = {}
+        for key, item in value.items():
+            if key == "reference" and isinstance(item, str):
+                out[key] = mapping.get(item, item)
+            else:
+                out[key] = rewrite_references(item, mapping)
+        return out
+    if isinstance(value, list):
+        return [rewrite_references(item, mapping) for item in value]
+    return value
+
+
+def rewrite_resource(resource: JSONObject, mapping: Mapping[str, str]) -> JSONObject:
+    """:func:`rewrite_references` for one resource (or bundle entry)."""
+    rewritten = rewrite_references(resource, mapping)
+    assert isinstance(rewritten, dict)
+    return rewritten

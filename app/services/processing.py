@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 from app import __version__
 from app.domain.bot import Bot, BotContext, BotEvent, Interaction, NoResult
-from app.domain.fhir_json import JSONObject, JSONValue
+from app.domain.fhir_json import JSONObject, iter_references, rewrite_resource
 from app.domain.fhir_views import PatientView, ResourceView, TaskView
 from app.domain.proposals import (
     OPEN_TASK_STATUSES,
@@ -127,27 +127,6 @@ def chunk_for_transactions(groups: list[list[PlannedWrite]]) -> list[list[Planne
     return chunks
 
 
-def _replace_references(value: JSONValue, mapping: Mapping[str, str]) -> JSONValue:
-    if isinstance(value, dict):
-        return {
-            key: (
-                mapping.get(item, item)
-                if key == "reference" and isinstance(item, str)
-                else _replace_references(item, mapping)
-            )
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [_replace_references(item, mapping) for item in value]
-    return value
-
-
-def _with_references(resource: JSONObject, mapping: Mapping[str, str]) -> JSONObject:
-    replaced = _replace_references(resource, mapping)
-    assert isinstance(replaced, dict)
-    return replaced
-
-
 class WriteExecutor:
     """Sends planned writes: one transaction per chunk when the project has
     ``transaction-bundles``; otherwise batches in dependency order (proposals, then the Task
@@ -186,7 +165,7 @@ class WriteExecutor:
             resolved = [
                 PlannedWrite(
                     w.method,
-                    _with_references(w.resource, mapping),
+                    rewrite_resource(w.resource, mapping),
                     None,  # a batch gives urn:uuid full URLs no meaning
                     w.if_none_exist,
                     w.if_match_version,
@@ -204,18 +183,8 @@ class WriteExecutor:
         return len(writes)
 
 
-def _urns_in(value: JSONValue) -> set[str]:
-    found: set[str] = set()
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key == "reference" and isinstance(item, str) and item.startswith("urn:uuid:"):
-                found.add(item)
-            else:
-                found |= _urns_in(item)
-    elif isinstance(value, list):
-        for item in value:
-            found |= _urns_in(item)
-    return found
+def _urns_in(resource: JSONObject) -> set[str]:
+    return {ref for ref in iter_references(resource) if ref.startswith("urn:uuid:")}
 
 
 def _search_resources(entry: BundleEntryResult) -> tuple[list[JSONObject], list[JSONObject]]:

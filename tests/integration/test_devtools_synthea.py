@@ -17,7 +17,7 @@ import pytest
 from app.devtools import synthea
 from app.devtools.devserver import ADMIN_CLIENT_ID, ADMIN_CLIENT_SECRET, DevServer
 from app.devtools.synthea import LoadSummary, SyntheaLoadError
-from app.domain.fhir_json import JSONObject, get_object, get_objects, get_str
+from app.domain.fhir_json import JSONObject, get_object, get_objects, get_str, iter_references
 from app.integrations.medplum import BundleRequest, MedplumClient, MedplumClientConfig
 
 pytestmark = pytest.mark.integration
@@ -125,7 +125,7 @@ async def test_references_point_at_real_resources_across_chunks(
         page = await partner.search(resource_type, {"_compartment": loaded.patient, "_count": 1000})
         for resource in page.resources:
             seen += 1
-            references.update(synthea.iter_references(resource))
+            references.update(iter_references(resource))
     assert seen == sum(loaded.summary.bundles[-1].created.values()) - 1
     assert references
     for reference in references:

@@ -18,11 +18,18 @@ from app.devtools.synthea import (
     Chunk,
     SyntheaError,
     is_conditional_entry,
-    iter_references,
-    rewrite_references,
     split_bundle,
 )
-from app.domain.fhir_json import JSONObject, JSONValue, dumps, get_object, get_objects, get_str
+from app.domain.fhir_json import (
+    JSONObject,
+    JSONValue,
+    dumps,
+    get_object,
+    get_objects,
+    get_str,
+    iter_references,
+    rewrite_references,
+)
 from app.integrations.medplum import MAX_JSON_BODY_BYTES
 
 _ids = itertools.count(1)

@@ -24,7 +24,7 @@ from app.domain.bot import (
     Trigger,
 )
 from app.domain.clinical.bmi import WHO_BMI_CLASSIFICATION
-from app.domain.fhir_json import JSONObject, get_object, get_str
+from app.domain.fhir_json import JSONObject, get_object, get_str, rewrite_resource
 from app.domain.fhir_views import ResourceView, TaskView
 from app.domain.proposals import (
     PROPOSAL_SYSTEM,
@@ -72,8 +72,7 @@ class Store:
     def apply(self, writes: list[PlannedWrite], author: str) -> None:
         urns: dict[str, str] = {}
         for write in writes:
-            resource = _resolve(write.resource, urns)
-            assert isinstance(resource, dict)
+            resource = rewrite_resource(write.resource, urns)
             kind = str(resource["resourceType"])
             if write.method == "POST":
                 existing = self._match(kind, write.if_none_exist)
@@ -118,17 +117,6 @@ class Store:
 
     def of_type(self, kind: str) -> list[JSONObject]:
         return [r for r in self.resources.values() if r["resourceType"] == kind]
-
-
-def _resolve(value: object, urns: dict[str, str]) -> object:
-    if isinstance(value, dict):
-        return {
-            k: (urns.get(v, v) if k == "reference" and isinstance(v, str) else _resolve(v, urns))
-            for k, v in value.items()  # pyright: ignore[reportUnknownVariableType]
-        }
-    if isinstance(value, list):
-        return [_resolve(v, urns) for v in value]  # pyright: ignore[reportUnknownVariableType]
-    return value
 
 
 def propose(store: Store, evidence_version: int, with_request: bool) -> None:
