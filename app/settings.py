@@ -158,6 +158,11 @@ class Settings(BaseSettings):
     def webhook_secret_values(self) -> tuple[bytes, ...]:
         return tuple(secret.get_secret_value().encode() for secret in self.webhook_secrets)
 
+    @property
+    def service_author(self) -> str:
+        """The ``meta.author`` Medplum records on the service's own writes."""
+        return f"ClientApplication/{self.medplum_client_id}"
+
     def require_webhook_secrets(self) -> None:
         if not self.webhook_secrets:
             raise ConfigurationError(

@@ -188,9 +188,7 @@ def sweep_once() -> None:
     settings = _settings()
 
     async def work() -> None:
-        from datetime import timedelta  # noqa: PLC0415
 
-        from app.persistence.events import EventRepository  # noqa: PLC0415
         from app.services.sweep import sweep  # noqa: PLC0415
         from app.services.wiring import medplum_client, open_database  # noqa: PLC0415
         from bots import ALL_BOTS  # noqa: PLC0415
@@ -199,13 +197,11 @@ def sweep_once() -> None:
         database, queue = await open_database(settings)
         try:
             results = await sweep(
+                settings=settings,
                 medplum=medplum,
-                repo=EventRepository(database.pool),
                 pool=database.pool,
                 queue=queue,
                 bots=ALL_BOTS,
-                initial_lookback=timedelta(hours=settings.sweep_initial_lookback_hours),
-                service_author=f"ClientApplication/{settings.medplum_client_id}",
             )
         finally:
             await medplum.aclose()

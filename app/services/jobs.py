@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from procrastinate import BaseRetryStrategy, Blueprint, JobContext, RetryDecision
@@ -153,13 +152,11 @@ async def run_sweep(timestamp: int) -> None:
     worker = state()
     del timestamp
     await sweep(
+        settings=worker.settings,
         medplum=worker.medplum,
-        repo=worker.repo,
         pool=worker.database.pool,
         queue=worker.queue,
         bots=ALL_BOTS,
-        initial_lookback=timedelta(hours=worker.settings.sweep_initial_lookback_hours),
-        service_author=f"ClientApplication/{worker.settings.medplum_client_id}",
     )
 
 

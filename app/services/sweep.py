@@ -17,7 +17,7 @@ from app.domain.fhir_views import ResourceView
 from app.domain.proposals import TAG_CODE, TAG_SYSTEM
 from app.domain.review import APPROVING, REJECTING
 from app.observability.logging import get_logger
-from app.persistence.events import EventKey, record_events
+from app.persistence.events import EventKey, EventRepository, record_events
 from app.services.notifications import REVIEW_HANDLER, patient_of
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from app.domain.bot import Bot
     from app.integrations.medplum import MedplumClient
-    from app.persistence.events import EventRepository
+    from app.settings import Settings
 
 log = get_logger("app.services.sweep")
 
@@ -80,16 +80,17 @@ def targets(bots: Sequence[Bot]) -> list[SweepTarget]:
 
 async def sweep(
     *,
+    settings: Settings,
     medplum: MedplumClient,
-    repo: EventRepository,
     pool: AsyncConnectionPool[AsyncConnection],
     queue: App,
     bots: Sequence[Bot],
-    initial_lookback: timedelta,
-    service_author: str,
     max_pages: int = 20,
     now: datetime | None = None,
 ) -> list[SweepResult]:
+    repo = EventRepository(pool)
+    initial_lookback = timedelta(hours=settings.sweep_initial_lookback_hours)
+    service_author = settings.service_author
     results: list[SweepResult] = []
     moment = now or datetime.now(UTC)
     for target in targets(bots):

@@ -102,7 +102,7 @@ async def receive_notification(
             body,
             request.headers,
             known_handlers=handler_names(),
-            service_author=f"ClientApplication/{settings.medplum_client_id}",
+            service_author=settings.service_author,
         )
     except NotificationRejected as rejected:
         raise ApiError(
