@@ -59,7 +59,7 @@ devserver: devserver/node_modules/.package-lock.json
 	cd devserver && exec node_modules/.bin/node server.mjs
 
 demo: setup
-	$(BIN)/starvit demo
+	$(BIN)/python -m devtools demo
 
 bench: setup
 	$(BIN)/python -m benchmarks.run

@@ -13,7 +13,7 @@ from app.api.errors import ERROR_RESPONSES, install_error_handlers
 from app.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from app.observability.logging import configure_logging, get_logger
 from app.observability.tracing import configure_tracing, instrument_app, tracing_active
-from app.services.runtime import Runtime
+from app.runtime import Runtime
 from app.settings import Settings, get_settings
 
 RuntimeFactory = Callable[[Settings], Awaitable[Runtime]]
@@ -29,7 +29,7 @@ clinician's decision. Every error uses the JSON error envelope
 
 
 async def default_runtime(settings: Settings) -> Runtime:
-    from app.services.wiring import build_runtime  # noqa: PLC0415
+    from app.wiring import build_runtime  # noqa: PLC0415
 
     return await build_runtime(settings)
 

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     environment: Literal["development", "test", "production"] = "development"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    # --- PostgreSQL (non-PHI state only: event keys, jobs, watermarks, audit of our own API) ---
+    # --- PostgreSQL (non-PHI state only: event keys, jobs, watermarks, Subscription health) ---
     # Empty means "start the embedded PostgreSQL in embedded_pg_dir".
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("STARVIT_DATABASE_URL", "DATABASE_URL")

@@ -16,9 +16,9 @@ from __future__ import annotations
 import statistics
 import sys
 
-from app.devtools.stack import Stack
 from benchmarks.receiver import load
 from benchmarks.servers import Postgres, close_stack
+from devtools.stack import Stack
 
 VARIANTS: dict[str, dict[str, str]] = {
     "production": {},

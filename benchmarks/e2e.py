@@ -30,20 +30,21 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import psycopg
 
-from app.devtools.devserver import (
+from app.integrations.medplum import MedplumClient, MedplumClientConfig
+from app.settings import load_settings
+from app.subscriptions.service import sync_subscriptions
+from app.wiring import medplum_client
+from benchmarks.loadgen import percentile
+from benchmarks.servers import CpuMeter, close_stack, peak_rss_mb
+from benchmarks.writer import EPOCH, HEIGHT_LOINC, vital
+from devtools.devserver import (
     PARTNER_CLIENT_ID,
     PARTNER_CLIENT_SECRET,
     PROJECT_ROOT,
     SERVICE_CLIENT_SECRET,
     DevServer,
 )
-from app.devtools.stack import Stack
-from app.services.subscriptions import sync_subscriptions
-from app.services.wiring import medplum_client
-from app.settings import load_settings
-from benchmarks.loadgen import percentile
-from benchmarks.servers import CpuMeter, close_stack, peak_rss_mb
-from benchmarks.writer import EPOCH, HEIGHT_LOINC, vital
+from devtools.stack import Stack
 
 if TYPE_CHECKING:
     from benchmarks.servers import Postgres
@@ -100,34 +101,23 @@ class Sampler:
 
 async def _populate(base_url: str, patients: int) -> list[str]:
     """Patients with a body height (written before the Subscriptions exist: no events)."""
-    async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
-        answer = await http.post(
-            "oauth2/token",
-            data={
-                "grant_type": "client_credentials",
-                "client_id": PARTNER_CLIENT_ID,
-                "client_secret": PARTNER_CLIENT_SECRET,
-            },
-        )
-        answer.raise_for_status()
-        headers = {
-            "Authorization": f"Bearer {answer.json()['access_token']}",
-            "Content-Type": "application/fhir+json",
-        }
+    config = MedplumClientConfig(
+        base_url=base_url,
+        client_id=PARTNER_CLIENT_ID,
+        client_secret=PARTNER_CLIENT_SECRET,
+        read_timeout=60.0,
+    )
+    async with MedplumClient(config) as partner:
         semaphore = asyncio.Semaphore(8)
 
         async def one(index: int) -> str:
             async with semaphore:
-                created = await http.post(
-                    "fhir/R4/Patient",
-                    json={"resourceType": "Patient", "gender": "female", "birthDate": "1970-05-01"},
-                    headers=headers,
+                created = await partner.create(
+                    {"resourceType": "Patient", "gender": "female", "birthDate": "1970-05-01"}
                 )
-                created.raise_for_status()
-                patient = f"Patient/{created.json()['id']}"
+                patient = str(created.reference)
                 height = vital(patient, HEIGHT_LOINC, 165, "cm", EPOCH.replace(month=1, day=10))
-                written = await http.post("fhir/R4/Observation", json=height, headers=headers)
-                written.raise_for_status()
+                await partner.create(height)
                 return patient
 
         return list(await asyncio.gather(*(one(i) for i in range(patients))))
@@ -154,8 +144,8 @@ def _park_sweep(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         for bot in ALL_BOTS:
             conn.execute(
-                "INSERT INTO starvit.sweep_watermarks (bot, since) "
-                "VALUES (%s, now() + interval '10 minutes') ON CONFLICT (bot) DO UPDATE "
+                "INSERT INTO starvit.sweep_watermarks (handler, since) "
+                "VALUES (%s, now() + interval '10 minutes') ON CONFLICT (handler) DO UPDATE "
                 "SET since = EXCLUDED.since",
                 (bot.declaration.name,),
             )
@@ -204,7 +194,7 @@ def _events(database_url: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(database_url, autocommit=True) as conn:
         return list(
             conn.execute(
-                "SELECT e.resource_id, e.bot, e.status, e.outcome, "
+                "SELECT e.resource_id, e.handler, e.status, e.outcome, "
                 "extract(epoch FROM e.received_at), extract(epoch FROM e.processed_at), "
                 "e.medplum_requests, e.attempts, e.source, "
                 "(SELECT extract(epoch FROM min(v.at)) FROM procrastinate_events v "

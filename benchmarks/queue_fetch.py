@@ -6,7 +6,7 @@ after the table's statistics are refreshed. Not part of ``make bench``:
 Each worker process fetches its jobs one query at a time (``procrastinate_fetch_job_v2``); every
 event job carries a ``lock`` (its patient), which the fetch checks with a ``NOT EXISTS`` over the
 other jobs of that lock. The backlog is recorded through the receiver's own
-:func:`app.persistence.events.record_events`.
+:func:`app.events.repository.record_events`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import uuid
 
 import psycopg
 
+from app.events.repository import EventKey, record_events
 from app.persistence.database import Database, ensure_schema
-from app.persistence.events import EventKey, record_events
-from app.services.wiring import queue_app
+from app.wiring import queue_app
 from benchmarks.servers import Postgres
 
 STEPS = ((0, 100), (1000, 100), (1000, 100), (2000, 250))  # (jobs added, patients)
@@ -58,7 +58,7 @@ async def grow(url: str, analyze: bool) -> list[tuple[int, int, float]]:
             for added, patients in STEPS:
                 keys = [
                     EventKey(
-                        bot="bmi",
+                        handler="bmi",
                         resource_type="Observation",
                         resource_id=f"o{uuid.uuid4().hex}",
                         version_id="1",

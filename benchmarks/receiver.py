@@ -12,9 +12,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from app.devtools.devserver import PROJECT_ROOT
-from app.devtools.stack import DEV_WEBHOOK_SECRET, Stack
 from benchmarks.servers import CpuMeter, close_stack, peak_rss_mb, start_baseline
+from devtools.devserver import PROJECT_ROOT
+from devtools.stack import DEV_WEBHOOK_SECRET, Stack
 
 if TYPE_CHECKING:
     from benchmarks.servers import Postgres

@@ -7,8 +7,8 @@ import math
 from statistics import median
 from typing import Any
 
-from app.devtools.devserver import PROJECT_ROOT
 from app.integrations.medplum.config import MedplumClientConfig
+from devtools.devserver import PROJECT_ROOT
 
 DOC = PROJECT_ROOT / "docs" / "benchmarks.md"
 START = "<!-- figures:start -->"

@@ -1,6 +1,6 @@
 """The processes a benchmark runs: PostgreSQL (the embedded server in ``var/bench-pgdata``, a
 fresh database per scenario), the Medplum stand-in, the bare baseline under Gunicorn, and the
-service's own processes through :class:`app.devtools.stack.Stack`; plus their resource usage
+service's own processes through :class:`devtools.stack.Stack`; plus their resource usage
 read from ``/proc`` through psutil."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 import psutil
 
 from app.cli.main import GUNICORN_FLAGS
-from app.devtools.databases import scratch_database
-from app.devtools.devserver import PROJECT_ROOT
-from app.devtools.stack import ServiceProcess, Stack, free_port
 from app.persistence import embedded
+from devtools.databases import scratch_database
+from devtools.devserver import PROJECT_ROOT
+from devtools.stack import ServiceProcess, Stack, free_port
 
 if TYPE_CHECKING:
     pass

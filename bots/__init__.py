@@ -12,7 +12,7 @@ from bots.hba1c import BOT as HBA1C
 from bots.obesity import BOT as OBESITY
 
 if TYPE_CHECKING:
-    from app.domain.bot import Bot
+    from app.botkit.declaration import Bot
 
 ALL_BOTS: tuple[Bot, ...] = (BMI, OBESITY, BLOOD_PRESSURE, EGFR, HBA1C)
 

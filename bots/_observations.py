@@ -3,7 +3,7 @@
 Every bot reads the notified Observation plus its prefetched searches; this module merges
 them (the notified version wins over a prefetched copy of the same resource), keeps the usable
 ones (status final, amended or corrected, a value and an effective time), and maps them onto
-the plain :class:`~app.domain.clinical.evidence.Measurement` the calculators take. The BMI
+the plain :class:`~app.clinical.evidence.Measurement` the calculators take. The BMI
 evaluation is shared by the ``bmi`` and ``obesity`` bots.
 """
 
@@ -12,18 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from app.domain.bot import BotEvent, Effect, Interaction, NoResult, Prefetch, Trigger
-from app.domain.clinical.bmi import BODY_HEIGHT_LOINC, BODY_WEIGHT_LOINC, bmi_for_weight
-from app.domain.clinical.bmi import height_for_weight as _height_for_weight
-from app.domain.clinical.evidence import Measurement
-from app.domain.clinical.result import Citation, MetricResult, Outcome
-from app.domain.fhir_views import ObservationView, PatientView
+from app.botkit.declaration import BotEvent, Effect, Interaction, NoResult, Prefetch, Trigger
+from app.clinical.bmi import BODY_HEIGHT_LOINC, BODY_WEIGHT_LOINC, bmi_for_weight
+from app.clinical.bmi import height_for_weight as _height_for_weight
+from app.clinical.evidence import Measurement
+from app.clinical.result import Citation, MetricResult, Outcome
+from app.fhir.views import ObservationView, PatientView
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from datetime import date, datetime
 
-    from app.domain.bot import BotContext
+    from app.botkit.declaration import BotContext
 
 # NoResult outcome codes used by the bots beyond the calculators' own (``Outcome``).
 INVALID_INPUT: Final = Outcome.INVALID_INPUT.value

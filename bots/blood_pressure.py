@@ -1,6 +1,6 @@
 """Blood-pressure bot: average over recent occasions (ACC/AHA 2017) and hypertensive crisis.
 
-Logic: docs/CLINICAL_LOGIC.md "Blood pressure" (``app.domain.clinical.blood_pressure``).
+Logic: docs/CLINICAL_LOGIC.md "Blood pressure" (``app.clinical.blood_pressure``).
 Readings come from panels (85354-9, legacy 55284-4) with components 8480-6 / 8462-4, and from
 single systolic / diastolic Observations paired by the domain's ``pair_readings``.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from app.domain.bot import (
+from app.botkit.declaration import (
     BotContext,
     BotDeclaration,
     BotEvent,
@@ -24,7 +24,7 @@ from app.domain.bot import (
     ProposeObservation,
     Trigger,
 )
-from app.domain.clinical.blood_pressure import (
+from app.clinical.blood_pressure import (
     ACC_AHA_2017,
     AVERAGE_DECIMALS,
     AVERAGING_WINDOW,
@@ -40,10 +40,10 @@ from app.domain.clinical.blood_pressure import (
     hypertensive_crisis_suggestion,
     pair_readings,
 )
-from app.domain.clinical.evidence import ADULT_AGE_YEARS, age_in_years
-from app.domain.clinical.result import round_half_up
-from app.domain.fhir_views import LOINC, ObservationView
-from app.domain.units import UnitConversionError, convert
+from app.clinical.evidence import ADULT_AGE_YEARS, age_in_years
+from app.clinical.result import round_half_up
+from app.fhir.units import UnitConversionError, convert
+from app.fhir.views import LOINC, ObservationView
 from bots._observations import (
     INSUFFICIENT_EVIDENCE,
     INVALID_INPUT,

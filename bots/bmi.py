@@ -1,13 +1,13 @@
 """BMI bot: body weight + body height -> a proposed BMI Observation (39156-5) for review.
 
-Logic: docs/CLINICAL_LOGIC.md "BMI" (``app.domain.clinical.bmi``); mapping: docs/BOTS.md.
+Logic: docs/CLINICAL_LOGIC.md "BMI" (``app.clinical.bmi``); mapping: docs/BOTS.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.domain.bot import (
+from app.botkit.declaration import (
     BotContext,
     BotDeclaration,
     BotEvent,
@@ -16,7 +16,7 @@ from app.domain.bot import (
     OpenReviewTask,
     ProposeObservation,
 )
-from app.domain.clinical.bmi import (
+from app.clinical.bmi import (
     BMI_LOINC,
     BMI_UNIT,
     WHO_BMI_CLASSIFICATION,

@@ -1,6 +1,6 @@
 """eGFR bot: creatinine -> a proposed eGFR (CKD-EPI 2021, 98979-8) and a CKD review.
 
-Logic: docs/CLINICAL_LOGIC.md "eGFR" (``app.domain.clinical.egfr``). Accepted creatinine
+Logic: docs/CLINICAL_LOGIC.md "eGFR" (``app.clinical.egfr``). Accepted creatinine
 codes: 2160-0, 14682-9 and 38483-4 (creatinine in blood, Synthea's long-term series; the
 caveat is in the clinical logic page).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
-from app.domain.bot import (
+from app.botkit.declaration import (
     BotContext,
     BotDeclaration,
     BotEvent,
@@ -24,7 +24,7 @@ from app.domain.bot import (
     ProposeRequest,
     Trigger,
 )
-from app.domain.clinical.egfr import (
+from app.clinical.egfr import (
     BLOOD_CREATININE_MASS_LOINC,
     CKD_EPI_2021,
     EGFR_LOINC,
@@ -36,9 +36,9 @@ from app.domain.clinical.egfr import (
     ckd_review_suggestion,
     egfr_ckd_epi_2021,
 )
-from app.domain.clinical.evidence import age_in_years
-from app.domain.clinical.result import MetricResult
-from app.domain.fhir_views import SNOMED
+from app.clinical.evidence import age_in_years
+from app.clinical.result import MetricResult
+from app.fhir.views import SNOMED
 from bots._observations import (
     INVALID_INPUT,
     NOT_USABLE,

@@ -1,14 +1,14 @@
 """HbA1c bot: diabetes range without known diabetes -> a proposed confirmatory test; the
 prediabetes range -> a routine review Task.
 
-Logic: docs/CLINICAL_LOGIC.md "HbA1c" (``app.domain.clinical.hba1c``).
+Logic: docs/CLINICAL_LOGIC.md "HbA1c" (``app.clinical.hba1c``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.domain.bot import (
+from app.botkit.declaration import (
     BotContext,
     BotDeclaration,
     BotEvent,
@@ -21,7 +21,7 @@ from app.domain.bot import (
     ProposeRequest,
     Trigger,
 )
-from app.domain.clinical.hba1c import (
+from app.clinical.hba1c import (
     ADA_2025_DIAGNOSIS,
     DIABETES_HBA1C_PERCENT,
     HBA1C_LOINC,
@@ -30,7 +30,7 @@ from app.domain.clinical.hba1c import (
     diabetes_evaluation_suggestion,
     hba1c,
 )
-from app.domain.fhir_views import SNOMED, ConditionView
+from app.fhir.views import SNOMED, ConditionView
 from bots._observations import (
     INVALID_INPUT,
     NOT_USABLE,

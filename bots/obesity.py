@@ -1,6 +1,6 @@
 """Obesity bot: adult BMI >= 30 -> a proposed weight-management referral for review.
 
-Logic: docs/CLINICAL_LOGIC.md "Obesity counselling" (``app.domain.clinical.obesity``); the BMI
+Logic: docs/CLINICAL_LOGIC.md "Obesity counselling" (``app.clinical.obesity``); the BMI
 comes from the same evaluation as the ``bmi`` bot (``bots._observations.evaluate_bmi``).
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.domain.bot import (
+from app.botkit.declaration import (
     BotContext,
     BotDeclaration,
     BotEvent,
@@ -16,8 +16,8 @@ from app.domain.bot import (
     OpenReviewTask,
     ProposeRequest,
 )
-from app.domain.clinical.obesity import USPSTF_2018_WEIGHT_LOSS, weight_management_suggestion
-from app.domain.fhir_views import SNOMED
+from app.clinical.obesity import USPSTF_2018_WEIGHT_LOSS, weight_management_suggestion
+from app.fhir.views import SNOMED
 from bots._observations import (
     BmiEvaluation,
     bmi_prefetch,

@@ -14,8 +14,9 @@ from fastapi import FastAPI
 
 from app.main import create_app
 from app.observability.logging import configure_logging
-from app.services.runtime import Runtime
+from app.runtime import Runtime
 from app.settings import Settings, load_settings
+from app.wiring import handler_registry
 
 
 def settings_for_tests(**overrides: object) -> Settings:
@@ -25,7 +26,7 @@ def settings_for_tests(**overrides: object) -> Settings:
 
 
 async def bare_runtime(settings: Settings) -> Runtime:
-    return Runtime(settings)
+    return Runtime(settings, registry=handler_registry())
 
 
 class LogCapture:

@@ -27,7 +27,7 @@ log = get_logger("app.api.errors")
 
 
 class ErrorCode(StrEnum):
-    """Stable, documented error codes (docs/SECURITY.md lists them)."""
+    """Stable, documented error codes (docs/backend/SECURITY.md lists them)."""
 
     VALIDATION_ERROR = "validation_error"
     MALFORMED_BODY = "malformed_body"

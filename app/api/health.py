@@ -38,7 +38,7 @@ async def healthz() -> Health:
     responses={503: {"model": Readiness, "description": "A dependency is unreachable"}},
 )
 async def readyz(request: Request) -> JSONResponse:
-    from app.services.runtime import runtime_of  # noqa: PLC0415
+    from app.api.deps import runtime_of  # noqa: PLC0415
 
     checks = [
         DependencyCheck(name=name, ok=error is None, error_code=error)

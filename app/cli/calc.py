@@ -1,6 +1,6 @@
 """``starvit calc``: the bots' clinical calculators on values typed on the command line.
 
-Every number comes from ``app.domain.clinical`` (the code the bots run); this module only
+Every number comes from ``app.clinical`` (the code the bots run); this module only
 parses arguments and prints. Exit status: 0 when the calculation ran (also when it gives no
 result for a clinical reason, e.g. an age under 18, which is printed with its reason), 2 for
 bad input (unknown or mismatched unit, non-positive value, malformed or missing option).
@@ -15,22 +15,22 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from app.domain.clinical.blood_pressure import (
+from app.clinical.blood_pressure import (
     MM_HG,
     BloodPressureAssessment,
     BloodPressureReading,
     assess_blood_pressure,
     hypertensive_crisis_suggestion,
 )
-from app.domain.clinical.bmi import BMI_DECIMALS, bmi
-from app.domain.clinical.egfr import EGFR_DECIMALS, egfr_ckd_epi_2021
-from app.domain.clinical.evidence import ADULT_AGE_YEARS
-from app.domain.clinical.hba1c import HBA1C_DECIMALS, diabetes_evaluation_suggestion, hba1c
-from app.domain.clinical.obesity import weight_management_suggestion
-from app.domain.clinical.result import Outcome
+from app.clinical.bmi import BMI_DECIMALS, bmi
+from app.clinical.egfr import EGFR_DECIMALS, egfr_ckd_epi_2021
+from app.clinical.evidence import ADULT_AGE_YEARS
+from app.clinical.hba1c import HBA1C_DECIMALS, diabetes_evaluation_suggestion, hba1c
+from app.clinical.obesity import weight_management_suggestion
+from app.clinical.result import Outcome
 
 if TYPE_CHECKING:
-    from app.domain.clinical.result import Citation, MetricResult, Suggestion
+    from app.clinical.result import Citation, MetricResult, Suggestion
 
 calc_app = typer.Typer(
     name="calc",

@@ -14,7 +14,7 @@ from app.settings import ConfigurationError, load_settings
 cli = typer.Typer(
     name="starvit",
     rich_markup_mode=None,
-    help="Starvit clinical event processor: server, worker, jobs, subscriptions and tools.",
+    help="Starvit clinical event processor: server, worker, jobs, subscriptions, calculators.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -80,16 +80,21 @@ def serve(
     os.execv(sys.executable, argv)  # noqa: S606 - replaces this process with the server
 
 
+_registered = False
+
+
 def register_subcommands() -> None:
+    """Add the command groups to ``cli`` (once)."""
+    global _registered  # noqa: PLW0603 - one command line per process
+    if _registered:
+        return
+    _registered = True
     from app.cli.calc import calc_app  # noqa: PLC0415
 
     cli.add_typer(calc_app, name="calc")
     from app.cli import operations  # noqa: PLC0415
 
     operations.register(cli)
-    from app.cli import bot_tools  # noqa: PLC0415
-
-    bot_tools.register(cli)
 
 
 def run() -> None:

@@ -18,7 +18,9 @@ jobs_app = typer.Typer(
     help="Inspect and replay event jobs (the dead letter).", no_args_is_help=True
 )
 db_app = typer.Typer(
-    help="The embedded PostgreSQL (used when DATABASE_URL is unset).", no_args_is_help=True
+    help="The service's database: its schema migrations, and the embedded PostgreSQL (used "
+    "when DATABASE_URL is unset).",
+    no_args_is_help=True,
 )
 
 
@@ -30,7 +32,7 @@ def _settings() -> Settings:
         raise typer.Exit(code=2) from None
 
 
-def _run[T](work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+def run_async[T](work: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
         return asyncio.run(work())
     except ConfigurationError as error:
@@ -54,12 +56,12 @@ def worker(
     except ConfigurationError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from None
+    from app.events.jobs import run_worker  # noqa: PLC0415
     from app.observability.logging import configure_logging  # noqa: PLC0415
-    from app.services.jobs import run_worker  # noqa: PLC0415
 
     configure_logging(settings.log_level)
     if processes == 1:
-        _run(lambda: run_worker(settings, concurrency=concurrency))
+        run_async(lambda: run_worker(settings, concurrency=concurrency))
         return
     import multiprocessing  # noqa: PLC0415
 
@@ -84,8 +86,8 @@ def worker(
 
 
 def _worker_process(concurrency: int | None) -> None:
+    from app.events.jobs import run_worker  # noqa: PLC0415
     from app.observability.logging import configure_logging  # noqa: PLC0415
-    from app.services.jobs import run_worker  # noqa: PLC0415
 
     settings = load_settings()
     configure_logging(settings.log_level)
@@ -106,8 +108,8 @@ def jobs_list(
     settings = _settings()
 
     async def work() -> None:
-        from app.persistence.events import EventRepository  # noqa: PLC0415
-        from app.services.wiring import open_database  # noqa: PLC0415
+        from app.events.repository import EventRepository  # noqa: PLC0415
+        from app.wiring import open_database  # noqa: PLC0415
 
         database, _queue = await open_database(settings)
         try:
@@ -117,13 +119,15 @@ def jobs_list(
         finally:
             await database.aclose()
         typer.echo("events: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-        typer.echo(f"{'id':>7}  {'bot':<14} {'resource':<46} {'status':<10} {'try':>3}  result")
+        typer.echo(f"{'id':>7}  {'handler':<14} {'resource':<46} {'status':<10} {'try':>3}  result")
         for e in events:
             result = e.error_code or e.outcome or ""
             ref = f"{e.reference}/_history/{e.version_id}"
-            typer.echo(f"{e.id:>7}  {e.bot:<14} {ref:<46} {e.status:<10} {e.attempts:>3}  {result}")
+            typer.echo(
+                f"{e.id:>7}  {e.handler:<14} {ref:<46} {e.status:<10} {e.attempts:>3}  {result}"
+            )
 
-    _run(work)
+    run_async(work)
 
 
 @jobs_app.command("retry")
@@ -134,8 +138,8 @@ def jobs_retry(
     settings = _settings()
 
     async def work() -> int:
-        from app.persistence.events import EventRepository  # noqa: PLC0415
-        from app.services.wiring import open_database  # noqa: PLC0415
+        from app.events.repository import EventRepository  # noqa: PLC0415
+        from app.wiring import open_database  # noqa: PLC0415
 
         database, queue = await open_database(settings)
         missing = 0
@@ -156,7 +160,7 @@ def jobs_retry(
             await database.aclose()
         return missing
 
-    if _run(work):
+    if run_async(work):
         raise typer.Exit(code=1)
 
 
@@ -174,6 +178,35 @@ def db_start() -> None:
     typer.echo(f"{'started' if started else 'running'}: {server.url}")
 
 
+@db_app.command("migrate")
+def db_migrate(
+    revision: Annotated[
+        str, typer.Option(help="Target revision: head, base or a revision id (0001, 0002...).")
+    ] = "head",
+) -> None:
+    """Bring the service's schema to a revision (the receiver and the worker migrate to head at
+    start-up; this is for doing it ahead of a deployment, or going back)."""
+    settings = _settings()
+
+    async def work() -> None:
+        from alembic.util import CommandError  # noqa: PLC0415
+
+        from app.persistence.database import current_revision, migrate  # noqa: PLC0415
+        from app.wiring import resolve_database_url  # noqa: PLC0415
+
+        url = await resolve_database_url(settings)
+        before = await current_revision(url)
+        try:
+            await migrate(url, revision)
+        except CommandError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(code=2) from None
+        after = await current_revision(url)
+        typer.echo(f"schema {before or 'empty'} -> {after or 'empty'}")
+
+    run_async(work)
+
+
 @db_app.command("stop")
 def db_stop() -> None:
     """Stop the embedded PostgreSQL."""
@@ -189,9 +222,8 @@ def sweep_once() -> None:
 
     async def work() -> None:
 
-        from app.services.sweep import sweep  # noqa: PLC0415
-        from app.services.wiring import medplum_client, open_database  # noqa: PLC0415
-        from bots import ALL_BOTS  # noqa: PLC0415
+        from app.events.sweep import sweep  # noqa: PLC0415
+        from app.wiring import handler_registry, medplum_client, open_database  # noqa: PLC0415
 
         medplum = medplum_client(settings)
         database, queue = await open_database(settings)
@@ -201,37 +233,18 @@ def sweep_once() -> None:
                 medplum=medplum,
                 pool=database.pool,
                 queue=queue,
-                bots=ALL_BOTS,
+                registry=handler_registry(),
             )
         finally:
             await medplum.aclose()
             await database.aclose()
         for result in results:
-            typer.echo(f"{result.bot:<16} seen={result.seen:<6} enqueued={result.enqueued}")
+            typer.echo(f"{result.handler:<16} seen={result.seen:<6} enqueued={result.enqueued}")
 
-    _run(work)
-
-
-def demo(
-    patients: Annotated[
-        int | None, typer.Option(min=1, help="Load only the first N Synthea patients.")
-    ] = None,
-    keep_running: Annotated[
-        bool, typer.Option(help="Leave everything running after the demo (Ctrl-C stops).")
-    ] = False,
-) -> None:
-    """The end-to-end demo: stand-in, embedded PostgreSQL, receiver, worker, Synthea patients,
-    pending Tasks, one approval and one rejection, and the Provenance chain."""
-    from app.devtools.demo import run_demo  # noqa: PLC0415
-
-    try:
-        raise typer.Exit(code=_run(lambda: run_demo(patients=patients, keep_running=keep_running)))
-    except KeyboardInterrupt:
-        raise typer.Exit(code=130) from None
+    run_async(work)
 
 
 def register(cli: typer.Typer) -> None:
-    cli.command()(demo)
     cli.command()(worker)
     cli.command("sweep")(sweep_once)
     cli.add_typer(jobs_app, name="jobs")

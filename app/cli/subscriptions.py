@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from app.integrations.medplum import MedplumError
-from app.services.subscriptions import (
+from app.settings import ConfigurationError, load_settings
+from app.subscriptions.service import (
     SUBSCRIPTIONS_DIR,
     check_sync_settings,
     stale_files,
@@ -27,12 +28,11 @@ from app.services.subscriptions import (
     sync_subscriptions,
     write_files,
 )
-from app.services.wiring import medplum_client
-from app.settings import ConfigurationError, load_settings
+from app.wiring import medplum_client
 
 if TYPE_CHECKING:
-    from app.services.subscriptions import SubscriptionHealth, SyncResult
     from app.settings import Settings
+    from app.subscriptions.service import SubscriptionHealth, SyncResult
 
 subscriptions_app = typer.Typer(
     help=(
@@ -138,7 +138,8 @@ def sync() -> None:
 
 @subscriptions_app.command()
 def status() -> None:
-    """Show each handler's Subscription status; exit 1 unless every one is active."""
+    """Show each handler's Subscription status; exit 1 unless every one is active and delivers
+    every interaction it lists on every Medplum version."""
     try:
         settings = load_settings()
         settings.require_medplum_credentials()
@@ -161,6 +162,9 @@ def status() -> None:
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
         typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    for item in report:
+        if item.warning:
+            typer.echo(f"warning: {item.handler}: {item.warning}", err=True)
     unhealthy = [item.handler for item in report if not item.healthy]
     if unhealthy:
         typer.echo(

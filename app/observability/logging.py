@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import TextIO, cast
 
@@ -212,7 +212,3 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
     return logger
-
-
-def bind_context(values: MutableMapping[str, object]) -> None:
-    structlog.contextvars.bind_contextvars(**values)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from app.devtools.databases import scratch_database
-from app.devtools.devserver import DevServer
 from app.persistence.embedded import ensure_running, stop
+from devtools.databases import scratch_database
+from devtools.devserver import DevServer
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

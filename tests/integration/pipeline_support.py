@@ -1,5 +1,6 @@
 """Helpers for the end-to-end tests: a Medplum stand-in, a PostgreSQL database, the receiver
-and worker processes, synced Subscriptions, and FHIR access as the seeded identities."""
+and worker processes, synced Subscriptions, and FHIR access as the seeded identities (through
+the service's own Medplum client)."""
 
 from __future__ import annotations
 
@@ -12,77 +13,29 @@ from typing import Any
 import httpx
 import psycopg
 
-from app.devtools.devserver import (
+from app.integrations.medplum import MedplumClient, MedplumClientConfig
+from app.settings import load_settings
+from app.subscriptions.service import sync_subscriptions
+from app.wiring import medplum_client
+from devtools.devserver import (
     ADMIN_CLIENT_ID,
     ADMIN_CLIENT_SECRET,
     PARTNER_CLIENT_ID,
     PARTNER_CLIENT_SECRET,
     DevServer,
 )
-from app.devtools.resources import vital_sign
-from app.devtools.stack import Stack
-from app.services.subscriptions import sync_subscriptions
-from app.services.wiring import medplum_client
-from app.settings import load_settings
+from devtools.resources import vital_sign
+from devtools.stack import Stack
 
 type Json = dict[str, Any]
 
 
-class Fhir:
-    """FHIR REST as one client-credentials identity (tests only)."""
-
-    def __init__(self, base_url: str, client_id: str, secret: str) -> None:
-        self.base_url = base_url
-        self.client_id = client_id
-        self.secret = secret
-        self.http = httpx.AsyncClient(base_url=base_url + "fhir/R4/", timeout=30)
-        self.token: str | None = None
-
-    async def auth_headers(self) -> dict[str, str]:
-        if self.token is None:
-            async with httpx.AsyncClient() as http:
-                answer = await http.post(
-                    self.base_url + "oauth2/token",
-                    data={
-                        "grant_type": "client_credentials",
-                        "client_id": self.client_id,
-                        "client_secret": self.secret,
-                    },
-                )
-                answer.raise_for_status()
-                self.token = str(answer.json()["access_token"])
-        return {"Authorization": f"Bearer {self.token}", "Content-Type": "application/fhir+json"}
-
-    async def create(self, resource: Json) -> Json:
-        answer = await self.http.post(
-            resource["resourceType"], json=resource, headers=await self.auth_headers()
-        )
-        assert answer.status_code == 201, answer.text
-        return answer.json()
-
-    async def update(self, resource: Json) -> Json:
-        answer = await self.http.put(
-            f"{resource['resourceType']}/{resource['id']}",
-            json=resource,
-            headers=await self.auth_headers(),
-        )
-        assert answer.status_code == 200, answer.text
-        return answer.json()
-
-    async def read(self, reference: str) -> Json:
-        answer = await self.http.get(reference, headers=await self.auth_headers())
-        assert answer.status_code == 200, answer.text
-        return answer.json()
-
-    async def search(self, resource_type: str, **params: str) -> list[Json]:
-        answer = await self.http.get(
-            resource_type, params={"_count": "200", **params}, headers=await self.auth_headers()
-        )
-        assert answer.status_code == 200, answer.text
-        return [e["resource"] for e in answer.json().get("entry", [])]
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
+def fhir_client(base_url: str, client_id: str, secret: str) -> MedplumClient:
+    """The Medplum client as one of the seeded client-credentials identities."""
+    config = MedplumClientConfig(
+        base_url=base_url, client_id=client_id, client_secret=secret, read_timeout=30.0
+    )
+    return MedplumClient(config)
 
 
 def observation(patient: str, loinc: str, value: float, unit: str, when: str) -> Json:
@@ -94,14 +47,15 @@ class Pipeline:
     devserver: DevServer
     stack: Stack
     database_url: str
-    partner: Fhir
-    admin: Fhir
+    partner: MedplumClient
+    admin: MedplumClient
 
     async def new_patient(self, **extra: Any) -> str:
-        patient = await self.partner.create(
+        created = await self.partner.create(
             {"resourceType": "Patient", "gender": "female", "birthDate": "1970-05-01", **extra}
         )
-        return f"Patient/{patient['id']}"
+        assert created.reference
+        return created.reference
 
     async def weight_and_height(
         self, patient: str, weight: float = 95.0, when: str = "2025-03-01T09:00:00Z"
@@ -110,13 +64,22 @@ class Pipeline:
             observation(patient, "8302-2", 165, "cm", "2025-01-10T09:00:00Z")
         )
         body = await self.partner.create(observation(patient, "29463-7", weight, "kg", when))
-        return height, body
+        return height.resource, body.resource
+
+    async def read(self, reference: str) -> Json:
+        """``Type/id`` as the project admin."""
+        resource_type, _, resource_id = reference.partition("/")
+        return (await self.admin.read(resource_type, resource_id)).resource
+
+    async def search(self, resource_type: str, **params: str) -> list[Json]:
+        """Every match (all pages) as the project admin."""
+        return await self.admin.search_all(resource_type, {"_count": "200", **params})
 
     def events(self) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.database_url) as conn:
             return list(
                 conn.execute(
-                    "SELECT id, bot, resource_type, resource_id, version_id, status, outcome, "
+                    "SELECT id, handler, resource_type, resource_id, version_id, status, outcome, "
                     "error_code, attempts FROM starvit.event_keys ORDER BY id"
                 )
             )
@@ -149,7 +112,7 @@ class Pipeline:
             answer.raise_for_status()
 
     async def tasks_for(self, patient: str, **params: str) -> list[Json]:
-        return await self.admin.search("Task", subject=patient, **params)
+        return await self.search("Task", subject=patient, **params)
 
 
 async def eventually[T](
@@ -182,6 +145,6 @@ async def start_pipeline(devserver: DevServer, database_url: str, **env: str) ->
         devserver=devserver,
         stack=stack,
         database_url=database_url,
-        partner=Fhir(devserver.base_url, PARTNER_CLIENT_ID, PARTNER_CLIENT_SECRET),
-        admin=Fhir(devserver.base_url, ADMIN_CLIENT_ID, ADMIN_CLIENT_SECRET),
+        partner=fhir_client(devserver.base_url, PARTNER_CLIENT_ID, PARTNER_CLIENT_SECRET),
+        admin=fhir_client(devserver.base_url, ADMIN_CLIENT_ID, ADMIN_CLIENT_SECRET),
     )

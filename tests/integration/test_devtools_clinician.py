@@ -1,5 +1,6 @@
-"""The scripted clinician against the Medplum stand-in: PKCE sign-in, the task list, approve /
-reject as full PUTs, and the provenance chain. Tasks are created by the project admin client
+"""The scripted clinician against the Medplum stand-in: sign-in as the Medplum app does it
+(``/auth/login`` with PKCE, then the code exchange), the task list, approve / reject as full PUTs,
+and the provenance chain. Tasks are created by the project admin client
 (``ops-admin``), one per test."""
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from app.devtools import clinician
-from app.devtools.clinician import ClinicianLoginError, ClinicianSession
-from app.devtools.devserver import ADMIN_CLIENT_ID, ADMIN_CLIENT_SECRET, DevServer
-from app.domain.fhir_json import JSONObject, get_object, get_str
+from app.fhir.resource_json import JSONObject, get_object, get_str
 from app.integrations.medplum import BundleRequest, MedplumClient, MedplumClientConfig
+from devtools import clinician
+from devtools.clinician import ClinicianLoginError, ClinicianSession
+from devtools.devserver import ADMIN_CLIENT_ID, ADMIN_CLIENT_SECRET, DevServer
 
 pytestmark = pytest.mark.integration
 
@@ -83,6 +84,9 @@ async def make_task(admin: MedplumClient, *, priority: str = "urgent") -> tuple[
 
 
 async def test_login_signs_in_the_practitioner(alice: ClinicianSession) -> None:
+    # Signed in through POST /auth/login + the code exchange, every call through MedplumClient.
+    assert isinstance(alice.medplum, MedplumClient)
+    assert alice.medplum.token_request_count == 2
     assert alice.practitioner == "Practitioner/clinician-alice"
     assert alice.claims.get("profile") == "Practitioner/clinician-alice"
     assert alice.claims.get("aud") == "starvit-clinician-app"
@@ -92,8 +96,23 @@ async def test_login_signs_in_the_practitioner(alice: ClinicianSession) -> None:
 
 
 async def test_login_of_an_unknown_user_fails(server: DevServer) -> None:
-    with pytest.raises(ClinicianLoginError, match="HTTP 400"):
+    with pytest.raises(ClinicianLoginError, match=r"User not found.*HTTP 400"):
+        await clinician.login(
+            server.base_url, user="nobody@starvit.example", password="whatever-password"
+        )
+    with pytest.raises(ClinicianLoginError, match="neither an email address nor a seeded user"):
         await clinician.login(server.base_url, user="nobody")
+
+
+async def test_login_with_a_wrong_password_fails_clearly(server: DevServer) -> None:
+    with pytest.raises(ClinicianLoginError) as caught:
+        await clinician.login(server.base_url, "clinician-alice", password="not-her-password")
+    message = str(caught.value)
+    assert "clinician-alice could not sign in" in message
+    assert "Email or password is invalid" in message
+    assert "HTTP 400" in message
+    assert "not-her-password" not in message
+    assert caught.value.status_code == 400
 
 
 async def test_pending_tasks_lists_title_patient_priority_and_due(

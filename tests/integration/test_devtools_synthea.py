@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.devtools import synthea
-from app.devtools.devserver import ADMIN_CLIENT_ID, ADMIN_CLIENT_SECRET, DevServer
-from app.devtools.synthea import LoadSummary, SyntheaLoadError
-from app.domain.fhir_json import JSONObject, get_object, get_objects, get_str, iter_references
+from app.fhir.resource_json import JSONObject, get_object, get_objects, get_str, iter_references
 from app.integrations.medplum import BundleRequest, MedplumClient, MedplumClientConfig
+from devtools import synthea
+from devtools.devserver import ADMIN_CLIENT_ID, ADMIN_CLIENT_SECRET, DevServer
+from devtools.synthea import LoadSummary, SyntheaLoadError
 
 pytestmark = pytest.mark.integration
 

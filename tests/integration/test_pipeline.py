@@ -15,12 +15,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from app.devtools.clinician import approve, login, reject
-from app.devtools.devserver import DevServer
-from app.domain.proposals import TAG_CODE, TAG_SYSTEM
-from app.services.expiry import expire_tasks
-from app.services.wiring import medplum_client
+from app.botkit.identifiers import TAG_CODE, TAG_SYSTEM
+from app.integrations.medplum import MedplumForbidden
+from app.review.expiry import expire_tasks
 from app.settings import load_settings
+from app.wiring import medplum_client
+from devtools.clinician import approve, login, reject
+from devtools.devserver import DevServer
 from tests.integration.conftest import fresh_database
 from tests.integration.pipeline_support import Pipeline, eventually, observation, start_pipeline
 
@@ -81,16 +82,16 @@ async def test_evidence_becomes_one_pending_suggestion_with_provenance(pipeline:
     assert task["for"] == {"reference": patient}
     assert task["restriction"]["period"]["end"]
     assert task["performerType"][0]["coding"][0]["code"] == "158965000"
-    focus = await pipeline.admin.read(task["focus"]["reference"])
+    focus = await pipeline.read(task["focus"]["reference"])
     assert focus["status"] == "preliminary"
     assert focus["valueQuantity"]["value"] == pytest.approx(34.9, abs=0.05)
     assert f"Observation/{weight['id']}/_history/{weight['meta']['versionId']}" in str(
         focus["derivedFrom"]
     )
-    provenances = await pipeline.admin.search("Provenance", target=task["focus"]["reference"])
+    provenances = await pipeline.search("Provenance", target=task["focus"]["reference"])
     assert len(provenances) == 1
     assert "bmi@1.0.0" in str(provenances[0]["agent"])
-    audits = await pipeline.admin.search("AuditEvent", _tag=TAG)
+    audits = await pipeline.search("AuditEvent", _tag=TAG)
     assert any(f"Observation/{weight['id']}" in str(a["entity"]) for a in audits)
     # Two Medplum round trips per processed event: one batch read, one transaction.
     processed = [e for e in pipeline.events() if e[6] == "proposed"]
@@ -101,18 +102,15 @@ async def test_redelivered_notifications_make_one_set_of_effects(pipeline: Pipel
     patient = await pipeline.new_patient()
     _height, weight = await pipeline.weight_and_height(patient)
     await pipeline.settled()
-    before = len(await pipeline.admin.search("Observation", subject=patient, _tag=TAG))
+    before = len(await pipeline.search("Observation", subject=patient, _tag=TAG))
     # Medplum's manual re-send, five times: every copy is a duplicate of the recorded version.
     for _ in range(5):
-        answer = await pipeline.admin.http.post(
-            f"Observation/{weight['id']}/$resend",
-            json={"interaction": "update"},
-            headers=await pipeline.admin.auth_headers(),
+        await pipeline.admin.operation(
+            "Observation", weight["id"], "resend", {"interaction": "update"}
         )
-        assert answer.status_code in (200, 201), answer.text
     await pipeline.settled()
     assert len(live(await pipeline.tasks_for(patient))) == 1
-    assert len(await pipeline.admin.search("Observation", subject=patient, _tag=TAG)) == before
+    assert len(await pipeline.search("Observation", subject=patient, _tag=TAG)) == before
 
 
 async def test_newer_evidence_supersedes_the_pending_task(pipeline: Pipeline) -> None:
@@ -132,7 +130,7 @@ async def test_newer_evidence_supersedes_the_pending_task(pipeline: Pipeline) ->
     assert all(t["statusReason"]["text"] == "superseded" for t in superseded)
     bmi = [
         o
-        for o in await pipeline.admin.search("Observation", subject=patient, _tag=TAG)
+        for o in await pipeline.search("Observation", subject=patient, _tag=TAG)
         if o["code"]["coding"][0]["code"] == "39156-5"
     ]
     # A clinician never sees two pending versions: the superseded proposals are withdrawn.
@@ -154,14 +152,12 @@ async def test_clinician_approval_finalises_and_rejection_retracts(pipeline: Pip
     finally:
         await session.aclose()
     await pipeline.settled()
-    approved = await pipeline.admin.read(approve_task["focus"]["reference"])
-    rejected = await pipeline.admin.read(reject_task["focus"]["reference"])
+    approved = await pipeline.read(approve_task["focus"]["reference"])
+    rejected = await pipeline.read(reject_task["focus"]["reference"])
     assert approved["status"] == "final"
     assert rejected["status"] == "cancelled"
     assert "Height measured with shoes on" in str(rejected["note"])
-    verifications = await pipeline.admin.search(
-        "Provenance", target=approve_task["focus"]["reference"]
-    )
+    verifications = await pipeline.search("Provenance", target=approve_task["focus"]["reference"])
     verifier = [p for p in verifications if "verifier" in str(p["agent"])]
     assert len(verifier) == 1
     assert "Practitioner/clinician-alice" in str(verifier[0]["agent"])
@@ -187,10 +183,10 @@ async def test_a_status_change_by_a_non_clinician_is_refused(pipeline: Pipeline)
         await session.aclose()
     await pipeline.settled()
     for focus in (task["focus"]["reference"], other_task["focus"]["reference"]):
-        assert (await pipeline.admin.read(focus))["status"] == "preliminary"
+        assert (await pipeline.read(focus))["status"] == "preliminary"
     for refused_task in (task, other_task):
         # Back in the clinicians' list, not left "completed" by someone who may not decide.
-        assert (await pipeline.admin.read(f"Task/{refused_task['id']}"))["status"] == "requested"
+        assert (await pipeline.read(f"Task/{refused_task['id']}"))["status"] == "requested"
     decisions = {e[3]: e[6] for e in pipeline.events() if e[1] == "review"}
     assert decisions[task["id"]] == "refused"
     assert decisions[other_task["id"]] == "refused"
@@ -203,10 +199,10 @@ async def test_entered_in_error_evidence_withdraws_the_suggestion(pipeline: Pipe
     task = live(await pipeline.tasks_for(patient))[0]
     await pipeline.partner.update({**weight, "status": "entered-in-error"})
     await pipeline.settled()
-    withdrawn = await pipeline.admin.read(f"Task/{task['id']}")
+    withdrawn = await pipeline.read(f"Task/{task['id']}")
     assert withdrawn["status"] == "cancelled"
     assert withdrawn["statusReason"]["coding"][0]["code"] == "evidence-withdrawn"
-    assert (await pipeline.admin.read(task["focus"]["reference"]))["status"] == "cancelled"
+    assert (await pipeline.read(task["focus"]["reference"]))["status"] == "cancelled"
 
 
 async def test_medplum_failures_are_retried_until_processed(pipeline: Pipeline) -> None:
@@ -258,7 +254,7 @@ async def _async(function: Any) -> Any:
 async def test_the_sweep_catches_events_missed_while_a_subscription_was_off(
     pipeline: Pipeline,
 ) -> None:
-    subscriptions = await pipeline.admin.search("Subscription")
+    subscriptions = await pipeline.search("Subscription")
     weight_subscriptions = [
         s for s in subscriptions if "X-Starvit-Bot: bmi" in s["channel"].get("header", [])
     ]
@@ -316,8 +312,8 @@ async def test_no_phi_reaches_logs_spans_or_the_database(pipeline: Pipeline) -> 
         await session.aclose()
     await pipeline.settled()
     # The canary did reach Medplum (where PHI belongs) and the service processed it...
-    assert "Canaryfield" in str(await pipeline.admin.read(patient))
-    assert (await pipeline.admin.read(task["focus"]["reference"]))["status"] == "final"
+    assert "Canaryfield" in str(await pipeline.read(patient))
+    assert (await pipeline.read(task["focus"]["reference"]))["status"] == "final"
     # ... but no log line, span, or row of any table in the service's database holds it.
     output = "\n".join(line for p in pipeline.stack.processes for line in p.output)
     assert "event_processed" in output
@@ -360,10 +356,10 @@ async def test_undecided_tasks_expire_and_their_proposals_are_withdrawn(
         assert await expire_tasks(medplum, settings) == 0  # nothing is 30 days old yet
         later = datetime.now(UTC) + timedelta(days=31)
         assert await expire_tasks(medplum, settings, now=later) >= 1
-    expired = await pipeline.admin.read(f"Task/{task['id']}")
+    expired = await pipeline.read(f"Task/{task['id']}")
     assert expired["status"] == "cancelled"
     assert expired["statusReason"]["coding"][0]["code"] == "expired"
-    assert (await pipeline.admin.read(task["focus"]["reference"]))["status"] == "cancelled"
+    assert (await pipeline.read(task["focus"]["reference"]))["status"] == "cancelled"
 
 
 async def test_a_forged_delete_withdraws_nothing(pipeline: Pipeline) -> None:
@@ -400,7 +396,7 @@ async def test_the_sweep_catches_a_decision_missed_while_review_was_off(
     task = live(await pipeline.tasks_for(patient))[0]
     [review] = [
         s
-        for s in await pipeline.admin.search("Subscription")
+        for s in await pipeline.search("Subscription")
         if "X-Starvit-Bot: review" in s["channel"].get("header", [])
     ]
     await pipeline.admin.update({**review, "status": "off"})
@@ -417,12 +413,12 @@ async def _missed_decision_is_swept(pipeline: Pipeline, task: dict[str, Any]) ->
     finally:
         await session.aclose()
     await pipeline.settled()
-    assert (await pipeline.admin.read(task["focus"]["reference"]))["status"] == "preliminary"
+    assert (await pipeline.read(task["focus"]["reference"]))["status"] == "preliminary"
 
     swept = pipeline.stack.run("sweep")
     assert swept.returncode == 0, swept.stdout + swept.stderr
     await pipeline.settled()
-    assert (await pipeline.admin.read(task["focus"]["reference"]))["status"] == "final"
+    assert (await pipeline.read(task["focus"]["reference"]))["status"] == "final"
     synced = pipeline.stack.run("subscriptions", "sync")
     assert synced.returncode == 0, synced.stdout + synced.stderr
 
@@ -439,14 +435,8 @@ async def test_a_partner_cannot_grant_the_clinician_role(pipeline: Pipeline) -> 
             "code": [{"coding": [{"system": system, "code": code}]}],
         }
 
-    headers = await pipeline.partner.auth_headers()
-    granted = await pipeline.partner.http.post(
-        "PractitionerRole", json=role("http://snomed.info/sct", "158965000"), headers=headers
-    )
-    assert granted.status_code == 403, granted.text
-    loaded = await pipeline.partner.http.post(
-        "PractitionerRole",
-        json=role("http://nucc.org/provider-taxonomy", "208D00000X"),
-        headers=headers,
-    )
-    assert loaded.status_code == 201, loaded.text
+    with pytest.raises(MedplumForbidden) as granted:
+        await pipeline.partner.create(role("http://snomed.info/sct", "158965000"))
+    assert granted.value.status_code == 403
+    loaded = await pipeline.partner.create(role("http://nucc.org/provider-taxonomy", "208D00000X"))
+    assert loaded.status_code == 201

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from app.devtools.devserver import DevServer
-from app.domain.proposals import TAG_CODE, TAG_SYSTEM
+from app.botkit.identifiers import TAG_CODE, TAG_SYSTEM
+from devtools.devserver import DevServer
 from tests.integration.pipeline_support import Pipeline, start_pipeline
 
 pytestmark = pytest.mark.integration
@@ -18,15 +18,10 @@ pytestmark = pytest.mark.integration
 async def batch_pipeline(devserver: DevServer, database_url: str) -> AsyncIterator[Pipeline]:
     running = await start_pipeline(devserver, database_url, STARVIT_MEDPLUM_TRANSACTIONS="false")
     try:
-        answer = await running.admin.http.patch(
-            "Project/starvit-dev",
-            json=[{"op": "remove", "path": "/features"}],
-            headers={
-                **(await running.admin.auth_headers()),
-                "Content-Type": "application/json-patch+json",
-            },
+        answer = await running.admin.patch(
+            "Project", "starvit-dev", [{"op": "remove", "path": "/features"}]
         )
-        assert answer.status_code == 200, answer.text
+        assert answer.status_code == 200
         yield running
     finally:
         running.stack.close()
@@ -46,14 +41,14 @@ async def test_batch_writes_resolve_references_and_heal_after_a_partial_failure(
     await pipeline.weight_and_height(patient)
     await pipeline.settled(within=90)
     tag = f"{TAG_SYSTEM}|{TAG_CODE}"
-    observations = await pipeline.admin.search("Observation", subject=patient, _tag=tag)
+    observations = await pipeline.search("Observation", subject=patient, _tag=tag)
     tasks = [t for t in await pipeline.tasks_for(patient) if t["status"] == "requested"]
     bmi_tasks = [t for t in tasks if t["code"]["coding"][0]["code"].startswith("bmi.")]
     bmi = [o for o in observations if o["code"]["coding"][0]["code"] == "39156-5"]
     assert len(bmi) == 1
     assert len(bmi_tasks) == 1
     assert bmi_tasks[0]["focus"]["reference"] == f"Observation/{bmi[0]['id']}"
-    provenances = await pipeline.admin.search("Provenance", target=f"Observation/{bmi[0]['id']}")
+    provenances = await pipeline.search("Provenance", target=f"Observation/{bmi[0]['id']}")
     assert len(provenances) == 1
     assert "urn:uuid" not in str(provenances[0]) + str(bmi_tasks[0])
     assert (await pipeline.stats())["faults_injected"] == 8

@@ -17,8 +17,20 @@ from typing import Any, cast
 import pytest
 from typer.testing import CliRunner
 
+from app.botkit.identifiers import BOT_DEVICE_SYSTEM, tag
 from app.cli.subscriptions import subscriptions_app
-from app.devtools.devserver import (
+from app.events.signature import signature_matches
+from app.integrations.medplum import MedplumClient, MedplumClientConfig
+from app.settings import Settings, load_settings
+from app.subscriptions.service import (
+    SUBSCRIPTION_TAG_SYSTEM,
+    SUBSCRIPTIONS_DIR,
+    subscription_health,
+    sync_subscriptions,
+)
+from app.wiring import medplum_client
+from bots import ALL_BOTS
+from devtools.devserver import (
     ADMIN_CLIENT_ID,
     ADMIN_CLIENT_SECRET,
     DEVSERVER_DIR,
@@ -29,19 +41,7 @@ from app.devtools.devserver import (
     SERVICE_CLIENT_SECRET,
     DevServer,
 )
-from app.devtools.resources import vital_sign
-from app.domain.proposals import BOT_DEVICE_SYSTEM, tag
-from app.integrations.medplum import MedplumClient, MedplumClientConfig
-from app.services.notifications import signature_matches
-from app.services.subscriptions import (
-    SUBSCRIPTION_TAG_SYSTEM,
-    SUBSCRIPTIONS_DIR,
-    subscription_health,
-    sync_subscriptions,
-)
-from app.services.wiring import medplum_client
-from app.settings import Settings, load_settings
-from bots import ALL_BOTS
+from devtools.resources import vital_sign
 
 pytestmark = pytest.mark.integration
 

@@ -1,8 +1,10 @@
-"""Version 1 of the public API. Breaking changes go to a new version with a deprecation plan."""
+"""Version 1 of the public API. Breaking changes go to a new version with a deprecation plan.
+
+Each domain owns its endpoints module; this router only mounts them."""
 
 from fastapi import APIRouter
 
-from app.api.v1 import notifications
+from app.events import endpoints as event_endpoints
 
 router = APIRouter(prefix="/v1")
-router.include_router(notifications.router)
+router.include_router(event_endpoints.router)

@@ -1,6 +1,19 @@
 """Medplum (FHIR R4) client: the only code in the service that opens connections to Medplum."""
 
-from app.domain.fhir_json import JSONArray, JSONObject, JSONScalar, JSONValue
+from app.fhir.resource_json import JSONArray, JSONObject, JSONScalar, JSONValue
+from app.integrations.medplum.auth import (
+    AuthorizationCodeTokenSource,
+    ClientCredentialsTokenProvider,
+    PasswordSignIn,
+    StaticTokenSource,
+    TokenContext,
+    TokenSource,
+    TokenSourceFactory,
+    client_credentials,
+    pkce_challenge,
+    pkce_pair,
+    unverified_claims,
+)
 from app.integrations.medplum.client import MAX_JSON_BODY_BYTES, MedplumClient, SearchParams
 from app.integrations.medplum.config import MedplumClientConfig
 from app.integrations.medplum.errors import (
@@ -12,6 +25,7 @@ from app.integrations.medplum.errors import (
     MedplumPreconditionFailed,
     MedplumRateLimited,
     MedplumRequestTooLarge,
+    MedplumSignInRefused,
     MedplumUnavailable,
     OperationOutcomeSummary,
     OutboundHostNotAllowed,
@@ -31,9 +45,11 @@ from app.integrations.medplum.results import (
 __all__ = [
     "MAX_CONDITIONAL_TRANSACTION_ENTRIES",
     "MAX_JSON_BODY_BYTES",
+    "AuthorizationCodeTokenSource",
     "BundleEntryResult",
     "BundleRequest",
     "BundleResponse",
+    "ClientCredentialsTokenProvider",
     "CreateResult",
     "JSONArray",
     "JSONObject",
@@ -50,11 +66,21 @@ __all__ = [
     "MedplumPreconditionFailed",
     "MedplumRateLimited",
     "MedplumRequestTooLarge",
+    "MedplumSignInRefused",
     "MedplumUnavailable",
     "OperationOutcomeSummary",
     "OutboundHostNotAllowed",
     "OutcomeIssue",
+    "PasswordSignIn",
     "ResourceResult",
     "SearchParams",
     "SearchResult",
+    "StaticTokenSource",
+    "TokenContext",
+    "TokenSource",
+    "TokenSourceFactory",
+    "client_credentials",
+    "pkce_challenge",
+    "pkce_pair",
+    "unverified_claims",
 ]

@@ -1,9 +1,10 @@
 """The only way this service talks to Medplum.
 
 One pooled ``httpx.AsyncClient`` with explicit timeouts, behind the outbound allowlist
-(:mod:`.transport`), authenticated with a cached client-credentials token (:mod:`.auth`),
-retrying only what is safe to replay (:mod:`.retry`). Responses are parsed with orjson into
-typed JSON views; no ``fhir.resources`` validation happens here (the hot path stays cheap).
+(:mod:`.transport`), authenticated by a pluggable token source (:mod:`.auth`: the service's
+cached client-credentials token by default, or a signed-in user), retrying only what is safe
+to replay (:mod:`.retry`). Responses are parsed with orjson into typed JSON views; no
+``fhir.resources`` validation happens here (the hot path stays cheap).
 
 Nothing that could hold PHI - bodies, search values, URLs with their query - goes into an
 exception or a log event from this module.
@@ -22,14 +23,23 @@ from typing import Self
 
 import httpx
 
-from app.domain.fhir_json import (
+from app.fhir.resource_json import (
+    FHIR_ID,
+    RESOURCE_TYPE,
     JSONObject,
     dumps,
     get_str,
     loads_object,
     version_id_of,
 )
-from app.integrations.medplum.auth import ClientCredentialsTokenProvider, Clock
+from app.integrations.medplum.auth import (
+    AUTH_OPERATIONS,
+    Clock,
+    TokenContext,
+    TokenSource,
+    TokenSourceFactory,
+    client_credentials,
+)
 from app.integrations.medplum.config import MedplumClientConfig
 from app.integrations.medplum.errors import (
     MedplumError,
@@ -42,6 +52,7 @@ from app.integrations.medplum.responses import (
     version_from_etag,
 )
 from app.integrations.medplum.results import (
+    BundleEntryResult,
     BundleRequest,
     BundleResponse,
     CreateResult,
@@ -53,7 +64,7 @@ from app.integrations.medplum.results import (
 )
 from app.integrations.medplum.retry import RetryPolicy, Sleep, is_retryable
 from app.integrations.medplum.transport import AllowlistTransport, OutboundAllowlist
-from app.observability.correlation import current_correlation_id
+from app.observability.correlation import SAFE_ID, current_correlation_id
 from app.observability.logging import get_logger
 
 FHIR_JSON = "application/fhir+json"
@@ -65,10 +76,7 @@ MAX_JSON_BODY_BYTES = 1_048_576
 POINTS = {"read": 1, "search": 20, "write": 100}
 
 _EXTENDED = {"X-Medplum": "extended"}
-_RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_TRACE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-
+_OPERATION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9\-]{0,63}$")
 type SearchParamValue = str | int | float | bool
 type SearchParams = (
     Mapping[str, SearchParamValue | Sequence[SearchParamValue]] | Sequence[tuple[str, str]]
@@ -96,12 +104,20 @@ class _Call:
 
 class MedplumClient:
     """Async Medplum FHIR R4 client. Use as ``async with MedplumClient(config) as medplum:``
-    or call :meth:`aclose` when done. Safe to share between tasks of one event loop."""
+    or call :meth:`aclose` when done. Safe to share between tasks of one event loop.
+
+    ``token_source`` says whose token goes on each request: ``None`` (the default) is the
+    client credentials of ``config``; a factory such as
+    :class:`~app.integrations.medplum.auth.PasswordSignIn` is given the client's own
+    allowlisted HTTP client to sign in with; a ready :class:`TokenSource` (e.g.
+    :class:`~app.integrations.medplum.auth.StaticTokenSource`) is used as it is. The client
+    owns its token source and closes it with itself."""
 
     def __init__(
         self,
         config: MedplumClientConfig,
         *,
+        token_source: TokenSource | TokenSourceFactory | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
@@ -135,15 +151,15 @@ class MedplumClient:
             max_wait_seconds=config.max_retry_wait_seconds,
             sleep=sleep,
         )
-        self._auth = ClientCredentialsTokenProvider(
-            http=self._http,
-            token_url=config.token_url,
-            client_id=config.client_id,
-            client_secret=config.client_secret,
-            refresh_margin_seconds=config.token_refresh_margin_seconds,
-            retry_policy=self._retry,
-            clock=clock,
+        context = TokenContext(
+            http=self._http, config=config, retry_policy=self._retry, clock=clock
         )
+        if token_source is None:
+            self._auth: TokenSource = client_credentials(context)
+        elif isinstance(token_source, TokenSource):
+            self._auth = token_source
+        else:
+            self._auth = token_source(context)
         self._requests: Counter[str] = Counter()
         self._retries: Counter[str] = Counter()
         self._points = 0
@@ -162,7 +178,10 @@ class MedplumClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        try:
+            await self._auth.aclose()
+        finally:
+            await self._http.aclose()
 
     @property
     def config(self) -> MedplumClientConfig:
@@ -171,6 +190,11 @@ class MedplumClient:
     @property
     def allowlist(self) -> OutboundAllowlist:
         return self._allowlist
+
+    @property
+    def token_source(self) -> TokenSource:
+        """Where this client's tokens come from (e.g. to read who signed in)."""
+        return self._auth
 
     # --- counters (benchmarks) -------------------------------------------------------------
 
@@ -417,6 +441,43 @@ class MedplumClient:
         response = await self._execute(call)
         return is_success(response.status_code)
 
+    # --- operations ------------------------------------------------------------------------
+
+    async def operation(
+        self,
+        resource_type: str,
+        resource_id: str | None,
+        name: str,
+        parameters: Mapping[str, object] | None = None,
+        *,
+        idempotent: bool = False,
+        trace_id: str | None = None,
+    ) -> JSONObject | None:
+        """``POST [base]/{type}[/{id}]/${name}`` with ``parameters`` as the JSON body (a
+        ``Parameters`` resource, or the plain object Medplum's own operations take, e.g.
+        ``$resend``: ``{"interaction": "update"}``). Returns the JSON answer (None when the
+        body is empty). Counted as a write; retried only when the caller says it is
+        ``idempotent``."""
+        _check_type(resource_type)
+        if resource_id is not None:
+            _check_id(resource_id)
+        if not _OPERATION_NAME.match(name):
+            raise ValueError("not a FHIR operation name")
+        path = f"{resource_type}/{resource_id}" if resource_id is not None else resource_type
+        call = _Call(
+            kind="operation",
+            method="POST",
+            url=f"{path}/${name}",
+            resource_type=resource_type,
+            idempotent=idempotent,
+            points=POINTS["write"],
+            content=dumps(parameters or {}),
+            content_type=FHIR_JSON,
+            headers=self._write_headers(trace_id),
+        )
+        response = await self._execute(call)
+        return loads_object(response.content) if response.content else None
+
     # --- bundles ---------------------------------------------------------------------------
 
     async def batch(
@@ -435,6 +496,29 @@ class MedplumClient:
         return await self._bundle(
             "batch", entries, idempotent=idempotent, trace_id=trace_id, extended=extended
         )
+
+    async def batch_named(
+        self,
+        entries: Mapping[str, BundleEntryInput],
+        *,
+        trace_id: str | None = None,
+        extended: bool = False,
+    ) -> dict[str, BundleEntryResult]:
+        """A read :meth:`batch` whose entries are named: each answer comes back under the name of
+        its request. A response with another number of entries is an error, never a shift of
+        every answer onto the wrong request."""
+        names = list(entries)
+        response = await self.batch(
+            [entries[name] for name in names], trace_id=trace_id, extended=extended
+        )
+        if len(response.entries) != len(names):
+            raise MedplumError(
+                f"batch answered {len(response.entries)} entries for {len(names)} requests",
+                status_code=200,
+                operation="batch",
+                resource_type="Bundle",
+            )
+        return dict(zip(names, response.entries, strict=True))
 
     async def transaction(
         self,
@@ -490,7 +574,7 @@ class MedplumClient:
             return {}
         value = trace_id or current_correlation_id()
         # Medplum echoes it on the notifications the write causes: only a safe token goes.
-        if value and _TRACE_ID.match(value):
+        if value and SAFE_ID.match(value):
             return {"X-Trace-Id": value}
         return {}
 
@@ -529,8 +613,11 @@ class MedplumClient:
         if response.status_code == 401:
             # Expired or revoked token: renew once (a 401 means the request was not applied).
             self._auth.invalidate(token)
-            token = await self._auth.get_token()
-            response = await self._send(call, token, attempt_number)
+            renewed = await self._auth.get_token()
+            # A source that cannot renew (a static token) hands back the same token: resending
+            # it would only earn a second 401.
+            if renewed != token:
+                response = await self._send(call, renewed, attempt_number)
         if is_success(response.status_code) or response.status_code in call.accept_statuses:
             return response
         raise error_for_response(
@@ -596,18 +683,18 @@ def _retryable_fhir_error(error: BaseException) -> bool:
     # The token provider has already retried its own failures: retrying them again here
     # would multiply token requests against Medplum's 160/min auth limit.
     return is_retryable(error) and not (
-        isinstance(error, MedplumError) and error.operation == "token"
+        isinstance(error, MedplumError) and error.operation in AUTH_OPERATIONS
     )
 
 
 def _check_type(resource_type: str) -> None:
-    if not _RESOURCE_TYPE.match(resource_type):
+    if not RESOURCE_TYPE.match(resource_type):
         raise ValueError("not a FHIR resource type name")
 
 
 def _check_id(value: str) -> None:
     # Also keeps "../" and query characters out of the request path.
-    if not _FHIR_ID.match(value):
+    if not FHIR_ID.match(value):
         raise ValueError("not a FHIR id")
 
 

@@ -9,15 +9,16 @@ from dataclasses import dataclass, field
 class MedplumClientConfig:
     """Everything :class:`~app.integrations.medplum.client.MedplumClient` needs to reach Medplum.
 
-    ``base_url`` is the server root (``http://127.0.0.1:8103/``); FHIR lives under ``fhir/R4/``
-    and OAuth under ``oauth2/``. ``allowed_hosts`` lists extra ``host`` or ``host:port`` entries
-    the client may call (a ``host`` without a port means the scheme's default port); anything
-    else is refused before a socket opens.
+    ``base_url`` is the server root (``http://127.0.0.1:8103/``); FHIR lives under ``fhir/R4/``,
+    OAuth under ``oauth2/`` and the sign-in under ``auth/``. ``allowed_hosts`` lists extra
+    ``host`` or ``host:port`` entries the client may call (a ``host`` without a port means the
+    scheme's default port); anything else is refused before a socket opens.
     """
 
     base_url: str
     client_id: str
-    client_secret: str = field(repr=False)
+    # Empty for a public app (a user signing in with PKCE has no client secret).
+    client_secret: str = field(default="", repr=False)
     allowed_hosts: tuple[str, ...] = ()
     connect_timeout: float = 5.0
     read_timeout: float = 30.0

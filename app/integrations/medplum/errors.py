@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-from app.domain.fhir_json import (
+from app.fhir.resource_json import (
     get_array,
     get_object,
     get_objects,
@@ -191,6 +191,14 @@ class MedplumForbidden(MedplumError):
     AccessPolicy refusal."""
 
     error_code = "medplum_forbidden"
+
+
+class MedplumSignInRefused(MedplumForbidden):
+    """Medplum refused a user's sign-in: wrong email or password, an unknown user, a profile
+    that cannot be chosen, a second factor required, or a refused authorization code or refresh
+    token. The message carries Medplum's reason (its fixed texts), never the credentials."""
+
+    error_code = "medplum_sign_in_refused"
 
 
 class OutboundHostNotAllowed(MedplumError):

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NotRequired, TypedDict
 
-from app.domain.fhir_json import (
+from app.fhir.resource_json import (
     JSONObject,
     JSONValue,
     get_object,

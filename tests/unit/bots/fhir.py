@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from app.domain.bot import Bot, BotContext, BotEvent, Effect, Interaction
-from app.domain.fhir_json import JSONObject
-from app.domain.fhir_views import ObservationView, PatientView
+from app.botkit.declaration import Bot, BotContext, BotEvent, Effect, Interaction
+from app.fhir.resource_json import JSONObject
+from app.fhir.views import ObservationView, PatientView
 
 PATIENT_REF = "Patient/p1"
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)

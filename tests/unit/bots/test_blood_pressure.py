@@ -1,6 +1,6 @@
 """Blood-pressure bot on hand-built FHIR JSON."""
 
-from app.domain.bot import (
+from app.botkit.declaration import (
     Effect,
     Evidence,
     Interaction,
@@ -8,7 +8,7 @@ from app.domain.bot import (
     OpenReviewTask,
     ProposeObservation,
 )
-from app.domain.fhir_json import JSONObject
+from app.fhir.resource_json import JSONObject
 from bots.blood_pressure import BOT
 
 from .fhir import bp_panel, context, event, observation, patient, run

@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from app.domain.bot import (
+from app.botkit.declaration import (
     Effect,
     Evidence,
     Interaction,
@@ -13,7 +13,7 @@ from app.domain.bot import (
     ProposeObservation,
     ProposeRequest,
 )
-from app.domain.fhir_json import JSONObject
+from app.fhir.resource_json import JSONObject
 from bots.bmi import BOT as BMI
 from bots.obesity import BOT as OBESITY
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from app.domain.bot import (
+from app.botkit.declaration import (
     Effect,
     Evidence,
     Interaction,
@@ -11,7 +11,7 @@ from app.domain.bot import (
     ProposeObservation,
     ProposeRequest,
 )
-from app.domain.fhir_json import JSONObject
+from app.fhir.resource_json import JSONObject
 from bots.egfr import BOT as EGFR
 from bots.hba1c import BOT as HBA1C
 

@@ -8,7 +8,6 @@ calling ``app.domain``): BMI = kg / m^2 (WHO), CKD-EPI 2021 (Inker et al. 2021),
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -16,7 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from app.domain.bot import (
+from app.botkit.declaration import (
     BotContext,
     BotEvent,
     Effect,
@@ -26,10 +25,11 @@ from app.domain.bot import (
     ProposeObservation,
     ProposeRequest,
 )
-from app.domain.fhir_views import ObservationView, PatientView
+from app.fhir.views import ObservationView, PatientView
 from bots.blood_pressure import BOT as BLOOD_PRESSURE
 from bots.bmi import BOT as BMI
 from bots.egfr import BOT as EGFR
+from devtools.synthea import bundle_resources, read_bundle
 
 SYNTHEA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "synthea"
 
@@ -44,8 +44,7 @@ def bundle_path(prefix: str) -> Path:
 @cache
 def load(prefix: str) -> tuple[Resource, tuple[Resource, ...]]:
     """(Patient, Observations) with subject rewritten to Patient/<id> and versionId "1"."""
-    bundle = json.loads(bundle_path(prefix).read_text())
-    resources = [entry["resource"] for entry in bundle["entry"]]
+    resources: list[Resource] = bundle_resources(read_bundle(bundle_path(prefix)))
     [patient] = [r for r in resources if r["resourceType"] == "Patient"]
     patient["meta"] = {**patient.get("meta", {}), "versionId": "1"}
     observations = []

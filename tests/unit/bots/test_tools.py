@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,13 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from app.cli.bot_tools import DEFAULT_DATA, register
-from app.domain.bot import NoResult, OpenReviewTask, ProposeObservation
+from app.botkit.declaration import NoResult, OpenReviewTask, ProposeObservation
+from app.botkit.handler import BotHandler
+from app.wiring import handler_registry
 from bots import ALL_BOTS, bot_by_name
-from bots.backtest import (
+from bots.bmi import BOT as BMI
+from bots.hba1c import BOT as HBA1C
+from devtools.backtest import (
     backtest,
     context_at,
     history_from_bundle,
@@ -23,9 +27,8 @@ from bots.backtest import (
     replay_history,
     run_query,
 )
-from bots.bmi import BOT as BMI
-from bots.hba1c import BOT as HBA1C
-from bots.replay import FixtureError, parse_fixture
+from devtools.bot_tools import DEFAULT_DATA, register
+from devtools.replay import FixtureError, parse_fixture
 
 from .fhir import bp_panel, height, observation, patient, weight
 
@@ -46,13 +49,28 @@ def invoke(*args: str) -> tuple[int, str, str]:
 # ---------------------------------------------------------------------------- registry
 
 
+# A bot's version is recorded in every AuditEvent and Provenance it writes ("bmi@1.0.0").
+SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
+
+
 def test_registry() -> None:
+    # Derived from the bots package and the service's registry, so adding a bot needs no edit
+    # here; what is checked is that the two agree and that lookups by name work.
     names = [bot.declaration.name for bot in ALL_BOTS]
-    assert names == ["bmi", "obesity", "blood-pressure", "egfr", "hba1c"]
-    assert all(bot.declaration.version == "1.0.0" for bot in ALL_BOTS)
-    assert all(bot.declaration.citation.url.startswith("https://") for bot in ALL_BOTS)
-    assert bot_by_name("egfr").declaration.name == "egfr"
-    with pytest.raises(KeyError, match="known bots: bmi, obesity, blood-pressure, egfr, hba1c"):
+    assert len(set(names)) == len(names)
+    registry = handler_registry()
+    for bot in ALL_BOTS:
+        declaration = bot.declaration
+        assert SEMVER.match(declaration.version), declaration.name
+        assert declaration.citation.url.startswith("https://")
+        assert bot_by_name(declaration.name) is bot
+        handler = registry.get(declaration.name)
+        assert isinstance(handler, BotHandler)
+        assert handler.bot is bot
+        assert handler.version == declaration.version
+    bot_handlers = {h.name for h in registry if isinstance(h, BotHandler)}
+    assert bot_handlers == set(names)
+    with pytest.raises(KeyError, match=re.escape(f"known bots: {', '.join(names)}")):
         bot_by_name("nope")
 
 
@@ -261,7 +279,8 @@ def test_backtest_command_readable_and_since() -> None:
         "backtest", "--bot", "blood-pressure", "--data", str(ONE_PATIENT), "--since", "2019-01-01"
     )
     assert code == 0
-    assert "Backtest of blood-pressure 1.0.0: 1 patients" in out
+    version = bot_by_name("blood-pressure").declaration.version
+    assert f"Backtest of blood-pressure {version}: 1 patients" in out
     assert "NoResult:insufficient_evidence" in out
 
 

@@ -6,7 +6,8 @@ import base64
 import hashlib
 import json
 
-from app.devtools.clinician import (
+from app.fhir.resource_json import JSONObject
+from devtools.clinician import (
     TaskRow,
     describe,
     human_name,
@@ -15,7 +16,6 @@ from app.devtools.clinician import (
     render_rows,
     task_row,
 )
-from app.domain.fhir_json import JSONObject
 
 TASK: JSONObject = {
     "resourceType": "Task",

@@ -1,4 +1,4 @@
-"""Splitting Synthea-style bundles into chunks Medplum accepts (``app.devtools.synthea``).
+"""Splitting Synthea-style bundles into chunks Medplum accepts (``devtools.synthea``).
 
 Synthetic bundles only: sizes near the 1 MB limit, conditional entries, forward references and
 cycles. A simulated server assigns ids chunk by chunk, the way the loader learns them from each
@@ -12,15 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.devtools import synthea
-from app.devtools.synthea import (
-    BundleSplitError,
-    Chunk,
-    SyntheaError,
-    is_conditional_entry,
-    split_bundle,
-)
-from app.domain.fhir_json import (
+from app.fhir.resource_json import (
     JSONObject,
     JSONValue,
     dumps,
@@ -31,6 +23,14 @@ from app.domain.fhir_json import (
     rewrite_references,
 )
 from app.integrations.medplum import MAX_JSON_BODY_BYTES
+from devtools import synthea
+from devtools.synthea import (
+    BundleSplitError,
+    Chunk,
+    SyntheaError,
+    is_conditional_entry,
+    split_bundle,
+)
 
 _ids = itertools.count(1)
 
@@ -352,7 +352,7 @@ def test_the_default_dir_is_shared_data_next_to_the_project(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("STARVIT_SYNTHEA_DIR", raising=False)
-    expected = Path(synthea.__file__).resolve().parents[2].parent / "shared" / "data" / "synthea"
+    expected = Path(synthea.__file__).resolve().parents[1].parent / "shared" / "data" / "synthea"
     if expected.is_dir():
         assert synthea.synthea_dir() == expected
     else:

@@ -1,0 +1,176 @@
+"""The bot contract: a declaration plus a pure ``compute(event, context) -> list[Effect]``.
+
+A bot never does I/O. Its handler (:mod:`app.botkit.handler`) fetches the notified version and the
+bot's prefetch queries in one batch, calls ``compute``, and turns the declarative effects into
+FHIR resources with deterministic identifiers (:mod:`app.botkit.plan`): a replayed
+event writes nothing new, and a newer suggestion in the same *slot* supersedes the older
+pending Task of the same bot and patient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol
+
+from app.clinical.result import Citation
+from app.fhir.resource_json import JSONObject
+from app.fhir.views import ConditionView, ObservationView, PatientView, ResourceView
+from app.handlers.protocol import Interaction, Trigger
+
+
+@dataclass(frozen=True, slots=True)
+class Prefetch:
+    """A named FHIR search templated on the patient: ``{{patient}}`` -> ``Patient/<id>``,
+    ``{{patient_id}}`` -> ``<id>``. Fetched in the same batch as the notified version."""
+
+    name: str
+    query: str  # "Observation?subject={{patient}}&code=http://loinc.org|8302-2&_count=50"
+
+
+@dataclass(frozen=True, slots=True)
+class BotDeclaration:
+    name: str  # stable, lower-case: "bmi"
+    version: str  # semantic version of the clinical logic
+    title: str
+    citation: Citation
+    trigger: Trigger
+    prefetch: tuple[Prefetch, ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BotEvent:
+    """The notification being processed, with the notified resource's current version (a late
+    or out-of-order event computes on the newest state)."""
+
+    interaction: Interaction
+    resource: ResourceView | None  # None for a delete
+    reference: str  # "Observation/123"
+    version_id: str | None
+    patient: str | None  # "Patient/abc"
+
+
+@dataclass(frozen=True, slots=True)
+class BotContext:
+    patient: PatientView | None
+    prefetched: dict[str, list[JSONObject]] = field(default_factory=dict[str, list[JSONObject]])
+    # The processing time, only for "as of" bookkeeping (Task due dates); clinical times come
+    # from the evidence.
+    now: datetime | None = None
+
+    def observations(self, name: str) -> list[ObservationView]:
+        return [
+            ObservationView(r)
+            for r in self.prefetched.get(name, [])
+            if r.get("resourceType") == "Observation"
+        ]
+
+    def conditions(self, name: str) -> list[ConditionView]:
+        return [
+            ConditionView(r)
+            for r in self.prefetched.get(name, [])
+            if r.get("resourceType") == "Condition"
+        ]
+
+
+# ---------------------------------------------------------------- effects (declarative)
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """A version-specific input: ``Observation/1/_history/3``."""
+
+    reference: str
+    version_id: str
+
+    @property
+    def versioned(self) -> str:
+        return f"{self.reference}/_history/{self.version_id}"
+
+    @classmethod
+    def of(cls, view: ResourceView) -> Evidence:
+        return cls(reference=view.reference, version_id=view.version_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ObservationComponentValue:
+    loinc: str
+    display: str
+    value: float
+    unit: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProposeObservation:
+    """A derived measurement, written ``preliminary`` until a clinician approves."""
+
+    slot: str  # the suggestion kind within the bot, e.g. "bmi"
+    loinc: str
+    display: str
+    value: float | None  # None when only components carry values (BP average)
+    unit: str  # UCUM
+    effective: datetime
+    evidence: tuple[Evidence, ...]
+    category: str | None = None  # e.g. "Obesity class I", "G3a"
+    components: tuple[ObservationComponentValue, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ProposeRequest:
+    """A proposed action: a ``ServiceRequest`` (or ``CarePlan``) with status ``draft`` and
+    intent ``proposal`` until a clinician approves."""
+
+    slot: str
+    kind: Literal["ServiceRequest", "CarePlan"]
+    code_system: str
+    code: str
+    display: str
+    evidence: tuple[Evidence, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenReviewTask:
+    """The clinician's review Task for the proposal in ``slot`` (its focus)."""
+
+    slot: str
+    title: str  # < 140 characters: the task list's row title
+    rationale: str  # the numbers and the guideline
+    priority: Literal["routine", "urgent"]
+    evidence: tuple[Evidence, ...]
+    citation: Citation
+
+
+@dataclass(frozen=True, slots=True)
+class NoResult:
+    """Nothing to propose, and why (recorded in the AuditEvent, never guessed around)."""
+
+    reason: str
+    outcome: str  # a stable code: invalid_input, not_applicable, insufficient_evidence, ...
+
+
+__all__ = [
+    "Bot",
+    "BotContext",
+    "BotDeclaration",
+    "BotEvent",
+    "Effect",
+    "Evidence",
+    "Interaction",
+    "NoResult",
+    "ObservationComponentValue",
+    "OpenReviewTask",
+    "Prefetch",
+    "ProposeObservation",
+    "ProposeRequest",
+    "Trigger",
+]
+
+type Effect = ProposeObservation | ProposeRequest | OpenReviewTask | NoResult
+
+
+class Bot(Protocol):
+    @property
+    def declaration(self) -> BotDeclaration: ...
+
+    def compute(self, event: BotEvent, context: BotContext) -> list[Effect]: ...

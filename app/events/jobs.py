@@ -1,0 +1,290 @@
+"""The job queue's tasks (procrastinate on PostgreSQL) and the worker process.
+
+``process_event`` is the claim-check job the receiver defers: it carries the event key's id
+only, never a resource. Jobs of one patient and handler run one at a time (the job's
+``lock``). Failures retry with capped exponential backoff; a permanent failure, or the last
+attempt, leaves the job ``failed`` in procrastinate and the event ``failed`` with a stable
+error code: the dead letter, listed by ``starvit jobs list --status failed`` and replayed by
+``starvit jobs retry``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from procrastinate import BaseRetryStrategy, Blueprint, JobContext, RetryDecision
+
+from app.events.processor import EventProcessor
+from app.events.repository import EVENTS_QUEUE, PROCESS_EVENT_TASK, EventRepository
+from app.events.sweep import sweep
+from app.handlers.protocol import PermanentFailure
+from app.integrations.medplum import MedplumError, MedplumPreconditionFailed
+from app.observability.correlation import correlation_id_var
+from app.observability.logging import get_logger
+
+if TYPE_CHECKING:
+    from procrastinate import App
+    from procrastinate.jobs import Job
+
+    from app.handlers.registry import HandlerRegistry
+    from app.integrations.medplum import MedplumClient
+    from app.persistence.database import Database
+    from app.settings import Settings
+
+log = get_logger("app.events.jobs")
+
+# procrastinate's task-name namespace ("starvit:process_event").
+TASK_NAMESPACE = "starvit"
+MAINTENANCE_QUEUE = "maintenance"
+blueprint = Blueprint()
+
+
+@dataclass
+class WorkerState:
+    settings: Settings
+    database: Database
+    queue: App
+    medplum: MedplumClient
+    repo: EventRepository
+    processor: EventProcessor
+    registry: HandlerRegistry
+
+
+_state: WorkerState | None = None
+
+
+def install_state(state: WorkerState | None) -> None:
+    global _state  # noqa: PLW0603 - one worker state per process
+    _state = state
+
+
+def state() -> WorkerState:
+    if _state is None:
+        raise RuntimeError("the worker state is not installed")
+    return _state
+
+
+def error_code_of(error: BaseException) -> str:
+    if isinstance(error, PermanentFailure):
+        return error.error_code
+    if isinstance(error, MedplumError):
+        return error.error_code
+    return "internal_error"
+
+
+def is_retryable(error: BaseException) -> bool:
+    if isinstance(error, PermanentFailure):
+        return False
+    if isinstance(error, MedplumError):
+        # A 412 means someone changed a Task or proposal meanwhile: re-read and re-plan.
+        return error.retryable or isinstance(error, MedplumPreconditionFailed)
+    return True  # unexpected errors (a dropped database connection...) get another chance
+
+
+class EventRetry(BaseRetryStrategy):
+    """Capped exponential backoff (base, 2x base, 4x base ... at most ``cap`` seconds),
+    honouring Medplum's rate-limit reset, for at most ``settings.job_max_attempts`` runs."""
+
+    def __init__(self, base_seconds: float = 2.0, cap_seconds: float = 300.0) -> None:
+        self.base = base_seconds
+        self.cap = cap_seconds
+
+    def max_attempts(self) -> int:
+        return _state.settings.job_max_attempts if _state is not None else 8
+
+    def wait_seconds(self, error: BaseException, attempts: int) -> int:
+        wait = min(self.cap, self.base * 2**attempts)
+        if isinstance(error, MedplumError) and error.retry_after:
+            wait = max(wait, min(self.cap, error.retry_after))
+        return max(1, round(wait))
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        if not is_retryable(exception) or job.attempts + 1 >= self.max_attempts():
+            return None
+        return RetryDecision(retry_in={"seconds": self.wait_seconds(exception, job.attempts)})
+
+
+RETRY = EventRetry()
+
+
+@blueprint.task(name="process_event", queue=EVENTS_QUEUE, retry=RETRY, pass_context=True)
+async def process_event(context: JobContext, event_id: int, trace_id: str | None = None) -> None:
+    worker = state()
+    token = correlation_id_var.set(trace_id or f"event-{event_id}")
+    try:
+        event = await worker.repo.get(event_id)
+        if event is None or event.status == "processed":
+            return
+        await worker.repo.start_attempt(event_id)
+        if event.patient_id is None and event.deleted:
+            patient = await worker.repo.patient_for(event.resource_type, event.resource_id)
+            event = replace(event, patient_id=patient)
+        try:
+            result = await worker.processor.process(event, trace_id=trace_id)
+        except Exception as error:
+            job = context.job
+            final = RETRY.get_retry_decision(exception=error, job=job) is None
+            code = error_code_of(error)
+            await worker.repo.fail(event_id, error_code=code, final=final)
+            log.warning(
+                "event_failed",
+                event_id=event_id,
+                handler=event.handler,
+                error_code=code,
+                attempt=job.attempts + 1,
+                dead_lettered=final,
+            )
+            raise
+        await worker.repo.finish(
+            event_id, outcome=result.outcome, medplum_requests=result.medplum_requests
+        )
+    finally:
+        correlation_id_var.reset(token)
+
+
+@blueprint.task(name="sweep", queue=MAINTENANCE_QUEUE, queueing_lock="sweep")
+async def run_sweep(timestamp: int) -> None:
+    worker = state()
+    del timestamp
+    await sweep(
+        settings=worker.settings,
+        medplum=worker.medplum,
+        pool=worker.database.pool,
+        queue=worker.queue,
+        registry=worker.registry,
+    )
+
+
+@blueprint.task(name="retry_stalled_jobs", queue=MAINTENANCE_QUEUE, queueing_lock="stalled")
+async def retry_stalled_jobs(timestamp: int) -> None:
+    """Jobs of a worker that died (no heartbeat) go back to the queue."""
+    del timestamp
+    await requeue_stalled(state().queue)
+
+
+async def requeue_stalled(queue: App, seconds_since_heartbeat: float = 30) -> int:
+    stalled = list(
+        await queue.job_manager.get_stalled_jobs(seconds_since_heartbeat=seconds_since_heartbeat)
+    )
+    for job in stalled:
+        await queue.job_manager.retry_job(job)
+    if stalled:
+        log.warning("stalled_jobs_requeued", count=len(stalled))
+    await queue.job_manager.prune_stalled_workers(seconds_since_heartbeat=seconds_since_heartbeat)
+    return len(stalled)
+
+
+@blueprint.task(name="subscription_health", queue=MAINTENANCE_QUEUE, queueing_lock="health")
+async def check_subscriptions(timestamp: int) -> None:
+    """Record each Subscription's status; a switched-off one is logged as an error (the sweep
+    keeps its events flowing meanwhile; ``starvit subscriptions sync`` re-enables it)."""
+    from app.subscriptions.service import subscription_health  # noqa: PLC0415
+
+    del timestamp
+    worker = state()
+    for health in await subscription_health(worker.medplum, worker.registry):
+        await worker.repo.record_subscription_health(
+            health.handler, health.subscription_id, health.status, health.error_text_present
+        )
+        if health.status != "active":
+            log.error(
+                "subscription_unhealthy",
+                handler=health.handler,
+                subscription_id=health.subscription_id,
+                status=health.status,
+            )
+
+
+@blueprint.task(name="scheduled_handler", queue=MAINTENANCE_QUEUE)
+async def run_scheduled_handler(timestamp: int, handler: str) -> None:
+    """A handler's own periodic work (its ``schedule``), e.g. the expiry of undecided Tasks."""
+    del timestamp
+    worker = state()
+    scheduled = worker.registry.get(handler)
+    if scheduled is None:
+        log.error("scheduled_handler_unknown", handler=handler)
+        return
+    done = await scheduled.run_scheduled(worker.processor.context)
+    log.info("scheduled_handler_ran", handler=handler, items=done)
+
+
+FINISHED_JOB_RETENTION_HOURS = 72
+
+
+@blueprint.task(name="queue_housekeeping", queue=MAINTENANCE_QUEUE, queueing_lock="housekeeping")
+async def queue_housekeeping(timestamp: int) -> None:
+    """Delete succeeded jobs older than three days (failed ones are the dead letter and stay;
+    ``starvit.event_keys`` keeps every event's outcome) and refresh the queue table's planner
+    statistics: procrastinate's fetch slows sharply on a backlog the statistics have not seen."""
+    del timestamp
+    worker = state()
+    await worker.queue.job_manager.delete_old_jobs(nb_hours=FINISHED_JOB_RETENTION_HOURS)
+    async with worker.database.pool.connection() as conn:
+        await conn.execute("ANALYZE procrastinate_jobs")
+
+
+def every(seconds: int) -> str:
+    """A cron expression (croniter, seconds as the sixth field) for an interval."""
+    if seconds < 60:
+        return f"* * * * * */{seconds}"
+    return f"*/{max(1, seconds // 60)} * * * *"
+
+
+def register(queue: App, settings: Settings, registry: HandlerRegistry) -> None:
+    """Add the tasks to ``queue`` (once) and schedule the periodic ones, the handlers'
+    schedules included."""
+    if PROCESS_EVENT_TASK in queue.tasks:  # pyright: ignore[reportUnknownMemberType]
+        return
+    queue.add_tasks_from(blueprint, namespace=TASK_NAMESPACE)
+    if settings.sweep_interval_seconds:
+        queue.periodic(cron=every(settings.sweep_interval_seconds), periodic_id="sweep")(run_sweep)
+    queue.periodic(cron=every(30), periodic_id="stalled")(retry_stalled_jobs)
+    queue.periodic(cron=every(300), periodic_id="health")(check_subscriptions)
+    for handler in registry.scheduled():
+        assert handler.schedule is not None
+        queue.periodic(
+            cron=handler.schedule.cron,
+            periodic_id=f"handler:{handler.name}",
+            queueing_lock=f"handler:{handler.name}",
+            task_kwargs={"handler": handler.name},
+        )(run_scheduled_handler)
+    queue.periodic(cron=every(60), periodic_id="housekeeping")(queue_housekeeping)
+
+
+assert f"{TASK_NAMESPACE}:process_event" == PROCESS_EVENT_TASK
+
+
+async def run_worker(settings: Settings, *, concurrency: int | None = None) -> None:
+    """Run one worker until SIGTERM/SIGINT; running jobs get the graceful timeout to finish,
+    then are cancelled and go through the retry policy (a killed worker's jobs are requeued as
+    stalled by another worker)."""
+    from app.observability.tracing import configure_tracing  # noqa: PLC0415
+    from app.wiring import handler_registry, medplum_client, open_database  # noqa: PLC0415
+
+    configure_tracing(settings)
+    registry = handler_registry()
+    medplum = medplum_client(settings)
+    database, queue = await open_database(settings)
+    register(queue, settings, registry)
+    repo = EventRepository(database.pool)
+    processor = EventProcessor(medplum, settings, registry)
+    install_state(WorkerState(settings, database, queue, medplum, repo, processor, registry))
+    try:
+        async with queue.open_async():
+            await requeue_stalled(queue)
+            log.info("worker_started", pid=os.getpid(), concurrency=concurrency)
+            await queue.run_worker_async(
+                queues=[EVENTS_QUEUE, MAINTENANCE_QUEUE],
+                concurrency=concurrency or settings.worker_concurrency,
+                shutdown_graceful_timeout=25,
+                install_signal_handlers=True,
+                # A job waiting on its patient lock is not notified when the lock frees up.
+                fetch_job_polling_interval=0.2,
+            )
+    finally:
+        install_state(None)
+        await medplum.aclose()
+        await database.aclose()
+        log.info("worker_stopped", pid=os.getpid())

@@ -1,0 +1,350 @@
+"""Event keys (PHI-free) and the group-commit intake that makes a notification durable.
+
+A notification is acknowledged only after its event key and its claim-check job are committed.
+Doing that with one transaction per request caps a receiver at about an eighth of bare FastAPI
+on these machines (docs/benchmarks.md); :class:`EventIntake` instead commits every notification
+that arrived while the previous commit was in flight in *one* transaction (group commit), so a
+single request is never delayed by a timer and concurrent requests share the cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Literal
+
+import psycopg
+from procrastinate.jobs import Job
+from psycopg_pool import PoolTimeout
+
+from app.handlers.protocol import StoredEvent
+
+if TYPE_CHECKING:
+    from procrastinate import App
+    from psycopg import AsyncConnection
+    from psycopg_pool import AsyncConnectionPool
+
+PROCESS_EVENT_TASK = "starvit:process_event"
+EVENTS_QUEUE = "events"
+
+Source = Literal["notification", "sweep", "replay"]
+
+
+@dataclass(frozen=True, slots=True)
+class EventKey:
+    handler: str
+    resource_type: str
+    resource_id: str
+    version_id: str
+    interaction: str
+    source: Source
+    subscription_id: str | None = None
+    patient_id: str | None = None
+    author: str | None = None  # meta.author of the notified version (a reference, not PHI)
+    trace_id: str | None = None  # correlation id carried into the job (not stored)
+
+    @property
+    def reference(self) -> str:
+        return f"{self.resource_type}/{self.resource_id}"
+
+    def lock(self) -> str:
+        return job_lock(self.handler, self.patient_id, self.reference)
+
+
+def job_lock(handler: str, patient_id: str | None, reference: str) -> str:
+    """One job at a time per patient and handler: a bot's suggestions for one patient are
+    planned against each other (supersession), so they never race; different bots touch
+    different Tasks and may run side by side (a clinician's concurrent edit of a Task is caught
+    by the If-Match on every update)."""
+    subject = f"patient:{patient_id}" if patient_id else f"resource:{reference}"
+    return f"{subject}:{handler}"
+
+
+class IntakeUnavailable(Exception):
+    """The event key could not be made durable (the database is unreachable or refused): the
+    notification must not be acknowledged."""
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeResult:
+    event_id: int | None
+    duplicate: bool
+
+
+def _job_for(key: EventKey, event_id: int) -> Job:
+    kwargs: dict[str, str | int | None] = {"event_id": event_id}
+    if key.trace_id:
+        kwargs["trace_id"] = key.trace_id
+    return Job(
+        id=None,
+        queue=EVENTS_QUEUE,
+        lock=key.lock(),
+        queueing_lock=None,
+        task_name=PROCESS_EVENT_TASK,
+        task_kwargs=kwargs,  # pyright: ignore[reportArgumentType]
+    )
+
+
+_INSERT_COLUMNS = (
+    "handler, subscription_id, resource_type, resource_id, version_id, interaction, source, "
+    "patient_id, author"
+)
+
+
+async def record_events(
+    conn: AsyncConnection, queue: App, keys: list[EventKey]
+) -> list[IntakeResult]:
+    """Insert the keys (``ON CONFLICT DO NOTHING``) and defer one job per new key, on ``conn``
+    inside the caller's transaction. Results are in the order of ``keys``."""
+    if not keys:
+        return []
+    rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(keys))
+    params: list[object] = []
+    for index, key in enumerate(keys):
+        params.extend(
+            (
+                index,
+                key.handler,
+                key.subscription_id,
+                key.resource_type,
+                key.resource_id,
+                key.version_id,
+                key.interaction,
+                key.source,
+                key.patient_id,
+                key.author,
+            )
+        )
+    # Duplicates inside one batch are collapsed by ON CONFLICT as well; the first wins.
+    query = f"""
+        WITH incoming (ord, {_INSERT_COLUMNS}) AS (VALUES {rows})
+        INSERT INTO starvit.event_keys ({_INSERT_COLUMNS})
+        SELECT {_INSERT_COLUMNS} FROM incoming ORDER BY ord
+        ON CONFLICT ON CONSTRAINT event_keys_unique DO NOTHING
+        RETURNING id, handler, resource_type, resource_id, version_id
+    """  # noqa: S608 - only placeholders are interpolated
+    cursor = await conn.execute(query, params)  # pyright: ignore[reportArgumentType]
+    inserted = {
+        (str(r[1]), str(r[2]), str(r[3]), str(r[4])): int(r[0]) for r in await cursor.fetchall()
+    }
+    results: list[IntakeResult] = []
+    new_jobs: list[tuple[int, Job]] = []
+    claimed: set[int] = set()
+    for key in keys:
+        ident = (key.handler, key.resource_type, key.resource_id, key.version_id)
+        event_id = inserted.get(ident)
+        if event_id is None or event_id in claimed:
+            results.append(IntakeResult(event_id=event_id, duplicate=True))
+            continue
+        claimed.add(event_id)
+        results.append(IntakeResult(event_id=event_id, duplicate=False))
+        new_jobs.append((event_id, _job_for(key, event_id)))
+    if new_jobs:
+        deferred = await queue.job_manager.batch_defer_jobs_async(
+            [job for _, job in new_jobs], connection=conn
+        )
+        await conn.execute(
+            "UPDATE starvit.event_keys AS e SET job_id = v.job_id FROM "
+            "unnest(%s::bigint[], %s::bigint[]) AS v(event_id, job_id) WHERE e.id = v.event_id",
+            ([event_id for event_id, _ in new_jobs], [job.id for job in deferred]),
+        )
+    return results
+
+
+class EventIntake:
+    """Group commit of event keys and jobs for concurrent receivers in one process."""
+
+    name = "event_intake"
+
+    def __init__(self, pool: AsyncConnectionPool, queue: App, max_batch: int = 256) -> None:
+        self.pool = pool
+        self.queue = queue
+        self.max_batch = max_batch
+        self._pending: list[tuple[EventKey, asyncio.Future[IntakeResult]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def submit(self, key: EventKey) -> IntakeResult:
+        future: asyncio.Future[IntakeResult] = asyncio.get_running_loop().create_future()
+        self._pending.append((key, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_all())
+        return await future
+
+    async def _flush_all(self) -> None:
+        while self._pending:
+            batch, self._pending = (
+                self._pending[: self.max_batch],
+                self._pending[self.max_batch :],
+            )
+            try:
+                async with self.pool.connection() as conn, conn.transaction():
+                    results = await record_events(conn, self.queue, [k for k, _ in batch])
+            except (psycopg.Error, OSError, PoolTimeout) as error:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(IntakeUnavailable(type(error).__name__))
+                continue
+            except Exception as error:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def check(self) -> str | None:
+        return None
+
+    async def aclose(self) -> None:
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
+
+_EVENT_COLUMNS = (
+    "id, handler, subscription_id, resource_type, resource_id, version_id, interaction, source, "
+    "patient_id, author, received_at, status, outcome, error_code, job_id, attempts"
+)
+
+
+def _stored(row: tuple[object, ...]) -> StoredEvent:
+    return StoredEvent(*row)  # pyright: ignore[reportArgumentType]
+
+
+class EventRepository:
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+
+    async def get(self, event_id: int) -> StoredEvent | None:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM starvit.event_keys WHERE id = %s",  # noqa: S608
+                (event_id,),
+            )
+            row = await cursor.fetchone()
+        return _stored(row) if row else None
+
+    async def start_attempt(self, event_id: int) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE starvit.event_keys SET attempts = attempts + 1 WHERE id = %s", (event_id,)
+            )
+
+    async def finish(
+        self,
+        event_id: int,
+        *,
+        outcome: str,
+        medplum_requests: int,
+    ) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE starvit.event_keys SET status = 'processed', outcome = %s, "
+                "error_code = NULL, processed_at = now(), medplum_requests = %s, "
+                "latency_ms = extract(epoch FROM now() - received_at) * 1000 WHERE id = %s",
+                (outcome, medplum_requests, event_id),
+            )
+
+    async def fail(self, event_id: int, *, error_code: str, final: bool) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE starvit.event_keys SET status = %s, error_code = %s WHERE id = %s",
+                ("failed" if final else "queued", error_code, event_id),
+            )
+
+    async def list(self, *, status: str | None = None, limit: int = 50) -> list[StoredEvent]:
+        async with self.pool.connection() as conn:
+            if status:
+                cursor = await conn.execute(
+                    f"SELECT {_EVENT_COLUMNS} FROM starvit.event_keys WHERE status = %s "  # noqa: S608
+                    "ORDER BY id DESC LIMIT %s",
+                    (status, limit),
+                )
+            else:
+                cursor = await conn.execute(
+                    f"SELECT {_EVENT_COLUMNS} FROM starvit.event_keys "  # noqa: S608
+                    "ORDER BY id DESC LIMIT %s",
+                    (limit,),
+                )
+            return [_stored(row) for row in await cursor.fetchall()]
+
+    async def counts(self) -> dict[str, int]:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT status, count(*) FROM starvit.event_keys GROUP BY status"
+            )
+            return {str(status): int(count) for status, count in await cursor.fetchall()}
+
+    async def patient_for(self, resource_type: str, resource_id: str) -> str | None:
+        """The patient an earlier version of this resource was about (for deletes, whose
+        notification carries no body)."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT patient_id FROM starvit.event_keys WHERE resource_type = %s AND "
+                "resource_id = %s AND patient_id IS NOT NULL ORDER BY id DESC LIMIT 1",
+                (resource_type, resource_id),
+            )
+            row = await cursor.fetchone()
+        return str(row[0]) if row else None
+
+    async def redefer(self, queue: App, event: StoredEvent) -> int:
+        """A fresh job for a failed (dead-lettered) event; attempts start again."""
+        key = EventKey(
+            handler=event.handler,
+            resource_type=event.resource_type,
+            resource_id=event.resource_id,
+            version_id=event.version_id,
+            interaction=event.interaction,
+            source="replay",
+            patient_id=event.patient_id,
+        )
+        async with self.pool.connection() as conn, conn.transaction():
+            [job] = await queue.job_manager.batch_defer_jobs_async(
+                [_job_for(key, event.id)], connection=conn
+            )
+            await conn.execute(
+                "UPDATE starvit.event_keys SET status = 'queued', error_code = NULL, "
+                "attempts = 0, job_id = %s WHERE id = %s",
+                (job.id, event.id),
+            )
+        assert job.id is not None
+        return job.id
+
+    async def watermark(self, handler: str) -> datetime | None:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT since FROM starvit.sweep_watermarks WHERE handler = %s", (handler,)
+            )
+            row = await cursor.fetchone()
+        return row[0] if row else None  # pyright: ignore[reportUnknownVariableType]
+
+    async def set_watermark(self, handler: str, since: datetime) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO starvit.sweep_watermarks (handler, since) VALUES (%s, %s) "
+                "ON CONFLICT (handler) DO UPDATE SET "
+                "since = GREATEST(starvit.sweep_watermarks.since, EXCLUDED.since), "
+                "updated_at = now()",
+                (handler, since),
+            )
+
+    async def record_subscription_health(
+        self, handler: str, subscription_id: str | None, status: str, has_error_text: bool
+    ) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO starvit.subscription_health (handler, subscription_id, status, "
+                "has_error_text) VALUES (%s, %s, %s, %s) ON CONFLICT (handler) DO UPDATE SET "
+                "subscription_id = EXCLUDED.subscription_id, status = EXCLUDED.status, "
+                "has_error_text = EXCLUDED.has_error_text, checked_at = now()",
+                (handler, subscription_id, status, has_error_text),
+            )
+
+    async def subscription_health(self) -> list[tuple[str, str | None, str, bool, datetime]]:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT handler, subscription_id, status, has_error_text, checked_at "
+                "FROM starvit.subscription_health ORDER BY handler"
+            )
+            return [tuple(row) for row in await cursor.fetchall()]  # pyright: ignore[reportReturnType]

@@ -1,0 +1,5 @@
+"""``python -m devtools``: the development command line."""
+
+from devtools.cli import main
+
+main()
