@@ -1,6 +1,7 @@
 // Throughput / latency check for the stand-in.
 //   node_modules/.bin/node bench.mjs            (starts its own server on a free port)
-//   BENCH_URL=http://127.0.0.1:8103/ node_modules/.bin/node bench.mjs   (uses a running one)
+//   BENCH_URL=http://127.0.0.1:8103/ node_modules/.bin/node bench.mjs   (uses a running one; start it
+//   with MEDPLUM_FHIR_QUOTA=0 MEDPLUM_RATE_LIMIT=0, else Medplum's quota of 500 writes a minute applies)
 // Env: BENCH_N (operations per phase, default 2000), BENCH_CONCURRENCY (default 8).
 import http from 'node:http';
 import { client, startReceiver, startServer, subscription, token, CLIENTS } from './test/helpers.mjs';
@@ -8,7 +9,9 @@ import { client, startReceiver, startServer, subscription, token, CLIENTS } from
 const N = Number.parseInt(process.env.BENCH_N ?? '2000', 10);
 const C = Number.parseInt(process.env.BENCH_CONCURRENCY ?? '8', 10);
 
-const srv = process.env.BENCH_URL ? { baseUrl: process.env.BENCH_URL, stop: async () => {} } : await startServer();
+const srv = process.env.BENCH_URL
+  ? { baseUrl: process.env.BENCH_URL, stop: async () => {} }
+  : await startServer({ MEDPLUM_FHIR_QUOTA: '0', MEDPLUM_RATE_LIMIT: '0' });
 const fhir = client(srv.baseUrl, (await token(srv.baseUrl, CLIENTS.service)).access_token);
 http.globalAgent.keepAlive = true;
 

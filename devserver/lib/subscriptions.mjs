@@ -1,5 +1,8 @@
 // Rest-hook Subscription matching and delivery, modelled on the Medplum server's
 // packages/server/src/workers/subscription.ts (BullMQ queue replaced by an in-process queue).
+// MEDPLUM_COMPAT=5.0 reproduces 5.0: only the first supported-interaction extension is read,
+// no auto-disable, no audit-event destination (one AuditEvent resource per attempt), retries
+// exactly doubling without jitter.
 import { createReference, getExtension, getExtensionValue, resourceMatchesSubscriptionCriteria, stringify } from '@medplum/core';
 import crypto from 'node:crypto';
 import http from 'node:http';
@@ -97,6 +100,27 @@ export class SubscriptionEngine {
     return this.app.stats.notifications;
   }
 
+  get compat50() {
+    return this.app.settings?.compat === '5.0';
+  }
+
+  /**
+   * The Subscription as the criteria matcher of the emulated version sees it: @medplum/core 5.0
+   * reads only the first `subscription-supported-interaction` extension (getExtension), 5.2
+   * reads them all.
+   */
+  forMatching(subscription) {
+    if (!this.compat50) {
+      return subscription;
+    }
+    const ext = subscription.extension ?? [];
+    const first = ext.findIndex((e) => e.url === EXT.interaction);
+    if (first < 0) {
+      return subscription;
+    }
+    return { ...subscription, extension: ext.filter((e, i) => e.url !== EXT.interaction || i === first) };
+  }
+
   activeSubscriptions(projectId) {
     const out = [];
     for (const s of this.app.store.all('Subscription')) {
@@ -133,7 +157,7 @@ export class SubscriptionEngine {
       }
       resourceMatchesSubscriptionCriteria({
         resource,
-        subscription,
+        subscription: this.forMatching(subscription),
         context: { interaction: event.interaction },
         getPreviousResource: async () => event.previous,
       })
@@ -289,9 +313,10 @@ export class SubscriptionEngine {
         return;
       }
       const next = { ...job, attemptsMade: job.attemptsMade + 1 };
+      // Doubling from the base (1 s by default: +0, 1, 3, 7, 15, 31 s ... after the event);
+      // the 5.2 code adds ±10 % jitter and caps at 8 h, 5.0's queue backoff is exact.
       const base = this.config.subscriptionRetryBaseMs * 2 ** job.attemptsMade;
-      const jitter = 1 + (Math.random() * 0.2 - 0.1);
-      const delay = Math.min(MAX_BACKOFF_MS, Math.round(base * jitter));
+      const delay = this.compat50 ? base : Math.min(MAX_BACKOFF_MS, Math.round(base * (1 + (Math.random() * 0.2 - 0.1))));
       this.stats.retries_scheduled++;
       const timer = setTimeout(() => {
         this.timers.delete(timer);
@@ -306,7 +331,8 @@ export class SubscriptionEngine {
 
   recordExhaustedEvent(subscription) {
     const threshold = this.config.autoDisableAfter;
-    if (!threshold || threshold <= 0) {
+    if (this.compat50 || !threshold || threshold <= 0) {
+      // 5.0 has no auto-disable: a failing Subscription stays active.
       return;
     }
     const windowMs = this.config.autoDisableWindowS * 1000;
@@ -372,9 +398,9 @@ export class SubscriptionEngine {
       outcomeDesc,
       extension,
     };
-    const destinations = (subscription.extension ?? [])
-      .filter((e) => e.url === EXT.auditDestination && e.valueCode)
-      .map((e) => e.valueCode);
+    const destinations = this.compat50
+      ? [] // 5.0 has no subscription-audit-event-destination: always a stored AuditEvent
+      : (subscription.extension ?? []).filter((e) => e.url === EXT.auditDestination && e.valueCode).map((e) => e.valueCode);
     for (const destination of destinations.length ? destinations : ['resource']) {
       if (destination === 'resource') {
         try {

@@ -1,4 +1,5 @@
-// Stand-in-only endpoints (stats, fault injection) and the snapshot on shutdown / reload on start.
+// Stand-in-only endpoints (stats, fault injection, runtime settings, project features) and the
+// snapshot on shutdown / reload on start.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -55,6 +56,36 @@ describe('stats and faults', () => {
     assert.equal(unavailable.status, 503);
     assert.equal(unavailable.body.resourceType, 'OperationOutcome');
     assert.equal((await svc.get('Patient/patient-portal-pat')).status, 200);
+  });
+
+  test('runtime settings: GET/POST /_devserver/config; POST /_devserver/project sets features as a super admin', async () => {
+    const current = await (await fetch(srv.baseUrl + '_devserver/config')).json();
+    assert.deepEqual(Object.keys(current.settings).sort(), [
+      'authRateLimit',
+      'compat',
+      'fhirQuota',
+      'projectFhirQuota',
+      'rateLimit',
+      'rateLimitHeaders',
+      'transactionConflicts',
+      'validateProfiles',
+    ]);
+    assert.equal(current.settings.fhirQuota, 50000);
+    assert.equal(current.settings.compat, '5.2');
+    assert.equal(current.settings.transactionConflicts.enabled, false);
+    assert.equal((await post('_devserver/config', { fhirQuota: -1 })).status, 400);
+    assert.equal((await post('_devserver/config', { nope: 1 })).status, 400);
+    const changed = await (await post('_devserver/config', { rateLimit: 70000 })).json();
+    assert.equal(changed.settings.rateLimit, 70000);
+    await post('_devserver/config', { rateLimit: 60000 });
+
+    const off = await (await post('_devserver/project', { features: [] })).json();
+    assert.equal(off.features, undefined);
+    const on = await (await post('_devserver/project', { id: 'starvit-dev', features: ['transaction-bundles'] })).json();
+    assert.deepEqual(on.features, ['transaction-bundles']);
+    const s = await stats();
+    assert.equal(typeof s.fhir_quota.total_points, 'number');
+    assert.ok(s.resources.Project >= 1);
   });
 
   test('fault injection can target the token endpoint and paths; DELETE clears', async () => {

@@ -15,6 +15,17 @@ export const CLIENTS = {
   admin: ['ops-admin', 'ops-admin-dev-secret'],
 };
 
+/** Seeded users (development passwords) and the public app they sign in through. */
+export const USERS = {
+  alice: ['alice.clinician@starvit.example', 'alice-dev-password'],
+  bob: ['bob.clinician@starvit.example', 'bob-dev-password'],
+  olivia: ['olivia.ops@starvit.example', 'olivia-dev-password'],
+  ravi: ['ravi.researcher@starvit.example', 'ravi-dev-password'],
+  pat: ['pat.portal@starvit.example', 'pat-dev-password'],
+};
+export const APP_CLIENT = 'starvit-clinician-app';
+export const APP_REDIRECT = 'http://127.0.0.1:8765/callback';
+
 export const EXT = {
   secret: 'https://www.medplum.com/fhir/StructureDefinition/subscription-secret',
   maxAttempts: 'https://medplum.com/fhir/StructureDefinition/subscription-max-attempts',
@@ -240,4 +251,60 @@ export function pkcePair() {
   const verifier = crypto.randomBytes(32).toString('base64url');
   const challenge = crypto.createHash('sha256').update(verifier).digest('base64url');
   return { verifier, challenge };
+}
+
+/** POST /auth/login as the Medplum app does (JSON; PKCE challenge; clientId fixes the project). */
+export async function login(baseUrl, [email, password], extra = {}) {
+  const res = await fetch(baseUrl + 'auth/login', {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ email, password, clientId: APP_CLIENT, scope: 'openid', ...extra }),
+  });
+  return { status: res.status, headers: res.headers, body: await res.json() };
+}
+
+/** Exchanges an authorization code at /oauth2/token (form-encoded). */
+export async function exchangeCode(baseUrl, code, verifier, extra = {}) {
+  const params = { grant_type: 'authorization_code', code, client_id: APP_CLIENT, ...extra };
+  if (verifier !== undefined) {
+    params.code_verifier = verifier;
+  }
+  const res = await fetch(baseUrl + 'oauth2/token', { method: 'POST', body: new URLSearchParams(params) });
+  return { status: res.status, body: await res.json() };
+}
+
+/** Signs a seeded user in (POST /auth/login + code exchange with PKCE S256); returns the token response. */
+export async function userToken(baseUrl, user) {
+  const { verifier, challenge } = pkcePair();
+  const signedIn = await login(baseUrl, user, { codeChallenge: challenge, codeChallengeMethod: 'S256' });
+  if (signedIn.status !== 200 || !signedIn.body.code) {
+    throw new Error('login failed: ' + JSON.stringify(signedIn.body));
+  }
+  const tok = await exchangeCode(baseUrl, signedIn.body.code, verifier);
+  if (tok.status !== 200) {
+    throw new Error('code exchange failed: ' + JSON.stringify(tok.body));
+  }
+  return tok.body;
+}
+
+/** Calls a stand-in-only endpoint under /_devserver/. */
+export async function devserver(baseUrl, path, body, method = body === undefined ? 'GET' : 'POST') {
+  const res = await fetch(baseUrl + '_devserver/' + path, {
+    method,
+    headers: body === undefined ? {} : { 'Content-Type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  return res.json();
+}
+
+/** Parses `RateLimit` header lines ("requests";r=1;t=2, "fhirInteractions";r=3;t=4) into an object. */
+export function parseRateLimit(value) {
+  const out = {};
+  for (const part of String(value ?? '').split(',')) {
+    const m = /^\s*"([^"]+)";r=(\d+);t=(\d+)\s*$/.exec(part);
+    if (m) {
+      out[m[1]] = { r: Number(m[2]), t: Number(m[3]) };
+    }
+  }
+  return out;
 }

@@ -1,8 +1,9 @@
-// facts §4: REST behaviour — CRUD, headers, conditional create, optimistic locking, JSON Patch,
-// validation, body limit, no-op updates, transactions (atomic on / batch-like off), meta fields.
+// facts §4 and §7: REST behaviour — CRUD, headers, conditional create, optimistic locking, JSON
+// Patch, validation (declared profiles too), $validate, body limit, no-op updates, transactions
+// (atomic on / batch-like off), meta fields, Project.features read-only for project admins.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { CLIENTS, client, startServer, token } from './helpers.mjs';
+import { CLIENTS, client, devserver, startServer, token } from './helpers.mjs';
 
 let srv, svc, admin;
 const uniq = () => Math.random().toString(36).slice(2);
@@ -19,10 +20,9 @@ after(async () => {
 const obs = (extra = {}) => ({ resourceType: 'Observation', status: 'preliminary', code: { text: 'weight' }, ...extra });
 
 async function setTransactions(on) {
-  const project = (await admin.get('Project/starvit-dev')).body;
-  const features = on ? ['transaction-bundles'] : [];
-  const res = await admin.put('Project/starvit-dev', { ...project, features });
-  assert.equal(res.status, 200, JSON.stringify(res.body));
+  // Project.features is super-admin only: the stand-in's own endpoint plays the super admin.
+  const project = await devserver(srv.baseUrl, 'project', { id: 'starvit-dev', features: on ? ['transaction-bundles'] : [] });
+  assert.deepEqual(project.features, on ? ['transaction-bundles'] : undefined);
 }
 
 describe('CRUD and headers', () => {
@@ -241,5 +241,124 @@ describe('batch and transaction', () => {
     assert.equal(res.status, 200);
     assert.equal(res.body.type, 'batch-response');
     assert.deepEqual(res.body.entry.map((e) => e.response.status), ['201', '400', '200']);
+  });
+});
+
+describe('Project.features (super admin only)', () => {
+  test("a project admin's PATCH or PUT of features answers 200 and changes nothing", async () => {
+    const before = (await admin.get('Project/starvit-dev')).body;
+    assert.deepEqual(before.features, ['transaction-bundles']);
+    const removed = await admin.patch('Project/starvit-dev', [{ op: 'remove', path: '/features' }]);
+    assert.equal(removed.status, 200, JSON.stringify(removed.body));
+    assert.deepEqual(removed.body.features, ['transaction-bundles']);
+    assert.equal(removed.body.meta.versionId, before.meta.versionId, 'no new version');
+    const put = await admin.put('Project/starvit-dev', { ...before, features: ['bots'] });
+    assert.equal(put.status, 200);
+    assert.deepEqual((await admin.get('Project/starvit-dev')).body.features, ['transaction-bundles']);
+    // Other fields stay writable for the project admin.
+    const renamed = await admin.patch('Project/starvit-dev', [{ op: 'replace', path: '/description', value: 'renamed' }]);
+    assert.equal(renamed.status, 200);
+    assert.equal(renamed.body.description, 'renamed');
+  });
+
+  test('PATCH /features/- on a project without features -> 400; add the whole array instead', async () => {
+    await setTransactions(false);
+    try {
+      const dash = await admin.patch('Project/starvit-dev', [{ op: 'add', path: '/features/-', value: 'transaction-bundles' }]);
+      assert.equal(dash.status, 400);
+      assert.equal(dash.body.resourceType, 'OperationOutcome');
+      const whole = await admin.patch('Project/starvit-dev', [{ op: 'add', path: '/features', value: ['transaction-bundles'] }]);
+      assert.equal(whole.status, 200, 'valid patch, but the field is read-only for a project admin');
+      assert.equal(whole.body.features, undefined);
+    } finally {
+      await setTransactions(true);
+    }
+  });
+});
+
+describe('declared profiles and $validate', () => {
+  const BP = 'http://hl7.org/fhir/StructureDefinition/bp';
+  const vital = (extra = {}) => ({
+    resourceType: 'Observation',
+    status: 'final',
+    category: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/observation-category', code: 'vital-signs' }] }],
+    code: { coding: [{ system: 'http://loinc.org', code: '85354-9' }] },
+    subject: { reference: 'Patient/patient-portal-pat' },
+    effectiveDateTime: '2026-01-01T10:00:00Z',
+    ...extra,
+  });
+  const component = (code, value) => ({
+    code: { coding: [{ system: 'http://loinc.org', code }] },
+    valueQuantity: { value, unit: 'mm[Hg]', system: 'http://unitsofmeasure.org', code: 'mm[Hg]' },
+  });
+
+  // As with Synthea's BP Observations: systolic and diastolic components present, yet the bp
+  // profile's slices (discriminated on code.coding.code/system) are not recognised by Medplum's
+  // validator, so every Observation declaring the bp profile is refused, as the real server did.
+  const bp = (extra = {}) => vital({ meta: { profile: [BP] }, component: [component('8462-4', 76), component('8480-6', 128)], ...extra });
+
+  test('bp profile -> 400 "Incorrect number of values provided for slice \'SystolicBP\'"; others validated, unknown ones ignored', async () => {
+    const bad = await svc.post('Observation', bp());
+    assert.equal(bad.status, 400);
+    assert.ok(bad.body.issue.some((i) => i.details.text === "Incorrect number of values provided for slice 'SystolicBP': expected 1..1, but found 0"));
+    const withoutDeclaration = await svc.post('Observation', bp({ meta: {} }));
+    assert.equal(withoutDeclaration.status, 201, 'the same data without the declaration is fine');
+    const heartrate = 'http://hl7.org/fhir/StructureDefinition/heartrate';
+    const hr = vital({
+      meta: { profile: [heartrate] },
+      code: { coding: [{ system: 'http://loinc.org', code: '8867-4' }] },
+      valueQuantity: { value: 60, unit: '/min', system: 'http://unitsofmeasure.org', code: '/min' },
+    });
+    assert.equal((await svc.post('Observation', hr)).status, 201, 'a known profile that is satisfied');
+    const hrBad = await svc.post('Observation', { ...hr, valueQuantity: undefined, dataAbsentReason: { text: 'not measured' }, component: undefined, subject: undefined });
+    assert.equal(hrBad.status, 400, 'a known profile that is not satisfied (subject required)');
+    const unknown = await svc.post('Observation', bp({ meta: { profile: ['http://example.org/StructureDefinition/not-loaded'] } }));
+    assert.equal(unknown.status, 201, 'a profile the server cannot load is skipped');
+  });
+
+  test('a profile failure fails the whole transaction', async () => {
+    const marker = uniq();
+    const res = await svc.post('', {
+      resourceType: 'Bundle',
+      type: 'transaction',
+      entry: [
+        { resource: obs({ identifier: [{ system: 'urn:test:profile-tx', value: marker }] }), request: { method: 'POST', url: 'Observation' } },
+        { resource: bp(), request: { method: 'POST', url: 'Observation' } },
+      ],
+    });
+    assert.equal(res.status, 400);
+    assert.match(JSON.stringify(res.body), /SystolicBP/);
+    const stored = await admin.get(`Observation?identifier=urn:test:profile-tx|${marker}&_total=accurate`);
+    assert.equal(stored.body.total, 0);
+  });
+
+  test('MEDPLUM_VALIDATE_PROFILES off (runtime setting) accepts the declaration unchecked', async () => {
+    await devserver(srv.baseUrl, 'config', { validateProfiles: false });
+    try {
+      assert.equal((await svc.post('Observation', bp())).status, 201);
+    } finally {
+      await devserver(srv.baseUrl, 'config', { validateProfiles: true });
+    }
+  });
+
+  test('POST <Type>/$validate with a resource or Parameters answers an OperationOutcome and stores nothing', async () => {
+    const marker = uniq();
+    const ok = await svc.post('Observation/$validate', obs({ identifier: [{ system: 'urn:test:validate', value: marker }] }));
+    assert.equal(ok.status, 200);
+    assert.equal(ok.body.resourceType, 'OperationOutcome');
+    assert.equal(ok.body.issue[0].severity, 'information');
+    const invalid = await svc.post('Observation/$validate', obs({ status: 'bogus' }));
+    assert.equal(invalid.status, 400);
+    assert.equal(invalid.body.resourceType, 'OperationOutcome');
+    const profiled = await svc.post('Observation/$validate', {
+      resourceType: 'Parameters',
+      parameter: [{ name: 'resource', resource: bp() }],
+    });
+    assert.equal(profiled.status, 400);
+    assert.match(JSON.stringify(profiled.body), /SystolicBP/);
+    const wrongType = await svc.post('Patient/$validate', obs());
+    assert.equal(wrongType.status, 400);
+    const stored = await admin.get(`Observation?identifier=urn:test:validate|${marker}&_total=accurate`);
+    assert.equal(stored.body.total, 0);
   });
 });
