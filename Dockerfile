@@ -41,4 +41,6 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '8000') + '/healthz', timeout=4)"]
 # Shell form through `sh -c` so that Cloud Run's $PORT is honoured; `exec` keeps Gunicorn as
 # PID 1 so it receives SIGTERM. Worker count from WEB_CONCURRENCY (Gunicorn reads it).
-CMD ["sh", "-c", "exec gunicorn 'app.main:create_app()' --worker-class uvicorn_worker.UvicornWorker --bind \"0.0.0.0:${PORT:-8000}\" --graceful-timeout 30 --keep-alive 5 --error-logfile -"]
+# The flags are GUNICORN_FLAGS in app/cli/main.py (the worker class enforces the request-line,
+# header and connection limits; tests/contract/test_dockerfile.py keeps the two identical).
+CMD ["sh", "-c", "exec gunicorn 'app.main:create_app()' --worker-class app.api.server.StarvitUvicornWorker --limit-request-line 4094 --limit-request-fields 100 --limit-request-field_size 8190 --worker-connections 1000 --timeout 30 --graceful-timeout 30 --keep-alive 5 --access-logfile /dev/null --error-logfile - --bind \"0.0.0.0:${PORT:-8000}\""]

@@ -7,6 +7,7 @@ stack trace: :func:`load_settings` turns pydantic's errors into :class:`Configur
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, cast
@@ -72,8 +73,20 @@ class Settings(BaseSettings):
     webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list[SecretStr])
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     # Failed-signature requests allowed per client address per minute before 429 (abuse control;
-    # genuine Medplum deliveries are signed and never counted).
+    # genuine Medplum deliveries are signed and never counted). The counter is shared by every
+    # receiver process through PostgreSQL (starvit.signature_failures).
     bad_signature_limit_per_minute: int = Field(default=60, ge=1)
+    # Proxies (IP addresses or CIDR networks) whose X-Forwarded-For is believed: the client a
+    # limit applies to is then the address the nearest trusted proxy reports. Empty: the peer
+    # address is the client, and X-Forwarded-For is ignored (anyone can send it).
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list[str])
+    # The whole request body must arrive within this many seconds of the request head (a body
+    # trickled a byte at a time would otherwise hold a connection and a task indefinitely).
+    body_read_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Processed event keys older than this are deleted by the worker's housekeeping; failed
+    # ones (the dead letter) and queued ones stay. Never shorter than the Task expiry: a delete
+    # finds its patient through the key of the resource's earlier version.
+    event_key_retention_days: int = Field(default=30, ge=1, le=3650)
     # Public URL Medplum posts to (written into the generated Subscriptions).
     receiver_url: str = "http://127.0.0.1:8000/v1/medplum/notifications"
     # Medplum's `subscription-max-attempts` on every generated Subscription: the retries of one
@@ -102,6 +115,13 @@ class Settings(BaseSettings):
         ]
     )
 
+    # --- Clinician decisions: who may decide which suggestion ---
+    # "project": any clinician of the project may decide any review Task (a small practice).
+    # "related": only a clinician related to the Task's patient: the Task's owner (as assigned
+    # before the decision, not by the decider), the patient's general practitioner, or a
+    # participant of an active CareTeam of the patient.
+    decision_scope: Literal["project", "related"] = "project"
+
     # --- Observability ---
     otel_exporter: Literal["none", "otlp", "console"] = "none"
     otel_endpoint: str | None = None
@@ -126,10 +146,22 @@ class Settings(BaseSettings):
             raise ValueError("must be 0 (off) or at least 5 seconds")
         return value
 
-    @field_validator("medplum_allowed_hosts", "clinician_role_codes", mode="before")
+    @field_validator(
+        "medplum_allowed_hosts", "clinician_role_codes", "trusted_proxies", mode="before"
+    )
     @classmethod
     def _parse_hosts(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError("each entry must be an IP address or a CIDR network") from None
+        return value
 
     @field_validator("medplum_base_url", "receiver_url")
     @classmethod
@@ -157,6 +189,12 @@ class Settings(BaseSettings):
     @property
     def webhook_secret_values(self) -> tuple[bytes, ...]:
         return tuple(secret.get_secret_value().encode() for secret in self.webhook_secrets)
+
+    @property
+    def event_key_retention(self) -> int:
+        """Days processed event keys are kept: the configured retention, but never less than a
+        day beyond the Task expiry (an open suggestion's delete must still find its patient)."""
+        return max(self.event_key_retention_days, self.task_expiry_days + 1)
 
     @property
     def service_author(self) -> str:

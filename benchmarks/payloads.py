@@ -14,6 +14,8 @@ import re
 
 import orjson
 
+from app.events.signature import subscription_secret
+
 NOTIFICATION_PATH = "/v1/medplum/notifications"
 BOT = "bmi"
 SUBSCRIPTION_ID = "0b7b1f5e-bench-4e1a-9b1e-000000000001"
@@ -95,7 +97,8 @@ class NotificationFactory:
     def __init__(
         self, secret: str, *, host: str, run_id: str, patients: int = 1000, path: str = ""
     ) -> None:
-        self.secret = secret.encode()
+        # Medplum signs with the Subscription's own secret, derived from the configured one.
+        self.secret = subscription_secret(secret, BOT).encode()
         self.run_id = run_id
         self.patients = patients
         self.parts = _template()

@@ -210,17 +210,45 @@ export interface operations {
     receive_notification_v1_medplum_notifications_post: {
         parameters: {
             query?: never;
-            header?: {
-                /** @description HMAC-SHA256 of the body, lowercase hex */
-                "x-signature"?: string | null;
+            header: {
+                /** @description HMAC-SHA256 of the body, lowercase hex (see the MedplumSignature security scheme). */
+                "X-Signature": string;
+                /** @description The handler the Subscription belongs to (its channel header); it selects the secret the signature is checked with. */
+                "X-Starvit-Bot": "blood-pressure" | "bmi" | "egfr" | "hba1c" | "obesity" | "review";
+                /** @description What happened to the resource; must be one the handler's Subscription delivers. */
+                "X-Medplum-Interaction": "create" | "update" | "delete";
+                /** @description The Subscription's id. */
+                "X-Medplum-Subscription": string;
+                /** @description Type/id of the deleted resource: required when X-Medplum-Interaction is delete. */
+                "X-Medplum-Deleted-Resource"?: string;
+                /** @description Medplum's trace id, carried into the job as its correlation id when it is a safe token. */
+                "X-Trace-Id"?: string;
             };
             path?: never;
             cookie?: never;
         };
         requestBody: {
             content: {
-                "application/fhir+json": Record<string, never>;
-                "application/json": Record<string, never>;
+                "application/fhir+json": {
+                    id: string;
+                    meta: {
+                        author?: {
+                            reference?: string;
+                        };
+                        versionId: string;
+                    };
+                    resourceType: string;
+                } | Record<string, never>;
+                "application/json": {
+                    id: string;
+                    meta: {
+                        author?: {
+                            reference?: string;
+                        };
+                        versionId: string;
+                    };
+                    resourceType: string;
+                } | Record<string, never>;
             };
         };
         responses: {
@@ -260,6 +288,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description The body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             /** @description Body too large */
             413: {
                 headers: {
@@ -271,15 +308,6 @@ export interface operations {
             };
             /** @description Unsupported media type */
             415: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Validation error */
-            422: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from app.observability.correlation import current_correlation_id, new_correlation_id
 from app.observability.logging import get_logger
@@ -31,10 +32,15 @@ class ErrorCode(StrEnum):
 
     VALIDATION_ERROR = "validation_error"
     MALFORMED_BODY = "malformed_body"
+    UNKNOWN_HANDLER = "unknown_handler"
+    WRONG_RESOURCE_TYPE = "wrong_resource_type"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    REQUEST_TIMEOUT = "request_timeout"
+    HEADERS_TOO_LARGE = "headers_too_large"
+    URI_TOO_LONG = "uri_too_long"
     RATE_LIMITED = "rate_limited"
     SIGNATURE_MISSING = "signature_missing"
     SIGNATURE_INVALID = "signature_invalid"
@@ -49,10 +55,15 @@ class ErrorCode(StrEnum):
 SAFE_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.VALIDATION_ERROR: "The request did not pass validation.",
     ErrorCode.MALFORMED_BODY: "The request body is not well-formed.",
+    ErrorCode.UNKNOWN_HANDLER: "The request names no subscribed handler.",
+    ErrorCode.WRONG_RESOURCE_TYPE: "The resource type is not the one this handler watches.",
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: "The request body has an unsupported content type.",
     ErrorCode.NOT_FOUND: "No such resource.",
     ErrorCode.METHOD_NOT_ALLOWED: "This method is not allowed on this resource.",
     ErrorCode.PAYLOAD_TOO_LARGE: "The request body is too large.",
+    ErrorCode.REQUEST_TIMEOUT: "The request body did not arrive in time.",
+    ErrorCode.HEADERS_TOO_LARGE: "The request headers are too large or too many.",
+    ErrorCode.URI_TOO_LONG: "The request line is too long.",
     ErrorCode.RATE_LIMITED: "Too many requests; retry later.",
     ErrorCode.SIGNATURE_MISSING: "The request is not signed.",
     ErrorCode.SIGNATURE_INVALID: "The request signature does not match.",
@@ -97,6 +108,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     for status, description in (
         (400, "Malformed request"),
         (401, "Unauthenticated or bad signature"),
+        (408, "The body did not arrive in time"),
         (413, "Body too large"),
         (415, "Unsupported media type"),
         (422, "Validation error"),
@@ -133,9 +145,12 @@ _STATUS_CODES: dict[int, ErrorCode] = {
     403: ErrorCode.FORBIDDEN,
     404: ErrorCode.NOT_FOUND,
     405: ErrorCode.METHOD_NOT_ALLOWED,
+    408: ErrorCode.REQUEST_TIMEOUT,
     409: ErrorCode.CONFLICT,
     413: ErrorCode.PAYLOAD_TOO_LARGE,
+    414: ErrorCode.URI_TOO_LONG,
     415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+    431: ErrorCode.HEADERS_TOO_LARGE,
     429: ErrorCode.RATE_LIMITED,
     503: ErrorCode.DEPENDENCY_UNAVAILABLE,
 }
@@ -168,8 +183,20 @@ async def _unhandled(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, ErrorCode.INTERNAL_ERROR)
 
 
+# nginx's code for "the client closed the request": nobody receives the answer; it only marks
+# the request line in the log as the client's doing rather than a server failure.
+CLIENT_CLOSED_REQUEST = 499
+
+
+async def _client_disconnect(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ClientDisconnect)
+    log.info("client_disconnected")
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unhandled)

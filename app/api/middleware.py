@@ -1,15 +1,18 @@
 """Pure ASGI middleware (cheaper than BaseHTTPMiddleware on the receiver's hot path).
 
 * :class:`RequestContextMiddleware` sets the correlation id, returns it as ``X-Request-ID``,
-  puts it on the current span, logs one PHI-free ``request`` event per request (route template,
-  status, duration; never the query string or body) and turns an exception escaping the app
-  into the 500 envelope.
+  adds the security headers to every response, puts the id on the current span, logs one
+  PHI-free ``request`` event per request (route template, status, duration; never the query
+  string or body) and turns an exception escaping the app into the 500 envelope.
 * :class:`BodySizeLimitMiddleware` refuses bodies over the limit with 413, by declared
-  ``Content-Length`` before reading and by counting while streaming.
+  ``Content-Length`` before reading and by counting while streaming, and a body that has not
+  fully arrived within the read deadline with 408 (a body trickled a byte at a time would
+  otherwise hold the connection and its task for as long as the sender likes).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -33,9 +36,26 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def security_headers(*, production: bool) -> tuple[tuple[bytes, bytes], ...]:
+    """Headers on every response. Every answer is JSON for a machine, so nothing may be
+    sniffed, cached, framed, scripted or followed by a referrer; HSTS only in production (a
+    development server is plain http)."""
+    headers = [
+        (b"x-content-type-options", b"nosniff"),
+        (b"cache-control", b"no-store"),
+        (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+        (b"referrer-policy", b"no-referrer"),
+    ]
+    if production:
+        headers.append((b"strict-transport-security", b"max-age=63072000; includeSubDomains"))
+    return tuple(headers)
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, extra_headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         self.app = app
+        self.extra_headers = extra_headers
+        self._extra_names = frozenset(name for name, _ in extra_headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,8 +79,12 @@ class RequestContextMiddleware:
                 response_started[0] = True
                 status_holder[0] = message["status"]
                 headers = list(message.get("headers", []))
-                if not any(key.lower() == b"x-request-id" for key, _ in headers):
+                present = {key.lower() for key, _ in headers}
+                if b"x-request-id" not in present:
                     headers.append((b"x-request-id", correlation_id.encode()))
+                headers.extend(
+                    (name, value) for name, value in self.extra_headers if name not in present
+                )
                 message["headers"] = headers
             await send(message)
 
@@ -89,10 +113,17 @@ class BodyTooLarge(Exception):
     pass
 
 
+class BodyReadTimeout(Exception):
+    pass
+
+
 class BodySizeLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, read_timeout_seconds: float = 10.0
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.read_timeout = read_timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,14 +141,25 @@ class BodySizeLimitMiddleware:
                 return
         received = 0
         response_started = False
+        body_complete = False
+        deadline = asyncio.get_running_loop().time() + self.read_timeout
 
         async def counted_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_complete
+            if body_complete:
+                # Only http.disconnect is left to wait for (streaming responses listen for
+                # it): no deadline on that.
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyReadTimeout from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
                     raise BodyTooLarge
+                body_complete = not message.get("more_body", False)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -131,3 +173,11 @@ class BodySizeLimitMiddleware:
         except BodyTooLarge:
             if not response_started:
                 await error_response(413, ErrorCode.PAYLOAD_TOO_LARGE)(scope, receive, send)
+        except BodyReadTimeout:
+            log.info("body_read_timeout", received_bytes=received)
+            if not response_started:
+                # The rest of the body may still trickle in: the connection is not reused.
+                response = error_response(
+                    408, ErrorCode.REQUEST_TIMEOUT, headers={"Connection": "close"}
+                )
+                await response(scope, receive, send)

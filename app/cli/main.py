@@ -22,10 +22,23 @@ cli = typer.Typer(
 
 
 # How the production server runs (also used by the benchmarks' bare baseline, so that both are
-# served the same way): Uvicorn workers, graceful stop, no access log (URLs carry queries).
+# served the same way): the Uvicorn worker with the request limits enforced (app/api/server.py
+# reads the three --limit-request-* settings, which the stock Uvicorn worker ignores, and
+# --worker-connections), no `server` banner, graceful stop, idle kept-alive connections closed
+# after 5 s, a worker silent for 30 s restarted, no access log (URLs carry queries).
 GUNICORN_FLAGS = (
     "--worker-class",
-    "uvicorn_worker.UvicornWorker",
+    "app.api.server.StarvitUvicornWorker",
+    "--limit-request-line",
+    "4094",
+    "--limit-request-fields",
+    "100",
+    "--limit-request-field_size",
+    "8190",
+    "--worker-connections",
+    "1000",
+    "--timeout",
+    "30",
     "--graceful-timeout",
     "30",
     "--keep-alive",

@@ -17,10 +17,17 @@ from typing import TYPE_CHECKING
 from procrastinate import BaseRetryStrategy, Blueprint, JobContext, RetryDecision
 
 from app.events.processor import EventProcessor
-from app.events.repository import EVENTS_QUEUE, PROCESS_EVENT_TASK, EventRepository
+from app.events.repository import (
+    CHECKING_DELETE_PREFIX,
+    EVENTS_QUEUE,
+    PENDING_DELETE_VERSION,
+    PROCESS_EVENT_TASK,
+    EventRepository,
+    prune_edge_counters,
+)
 from app.events.sweep import sweep
-from app.handlers.protocol import PermanentFailure
-from app.integrations.medplum import MedplumError, MedplumPreconditionFailed
+from app.handlers.protocol import DELETED_VERSION, PermanentFailure
+from app.integrations.medplum import MedplumError, MedplumNotFound, MedplumPreconditionFailed
 from app.observability.correlation import correlation_id_var
 from app.observability.logging import get_logger
 
@@ -118,6 +125,12 @@ async def process_event(context: JobContext, event_id: int, trace_id: str | None
         if event is None or event.status == "processed":
             return
         await worker.repo.start_attempt(event_id)
+        if _unconfirmed_delete(event.version_id):
+            confirmed = await confirm_delete(worker, event.id, event.version_id, event.reference)
+            if confirmed is not None:
+                await worker.repo.finish(event_id, outcome=confirmed, medplum_requests=1)
+                return
+            event = replace(event, version_id=DELETED_VERSION)
         if event.patient_id is None and event.deleted:
             patient = await worker.repo.patient_for(event.resource_type, event.resource_id)
             event = replace(event, patient_id=patient)
@@ -142,6 +155,33 @@ async def process_event(context: JobContext, event_id: int, trace_id: str | None
         )
     finally:
         correlation_id_var.reset(token)
+
+
+def _unconfirmed_delete(version_id: str) -> bool:
+    return version_id == PENDING_DELETE_VERSION or version_id.startswith(CHECKING_DELETE_PREFIX)
+
+
+async def confirm_delete(
+    worker: WorkerState, event_id: int, version_id: str, reference: str
+) -> str | None:
+    """Settle a delete recorded under its provisional key: None when Medplum confirms the
+    resource is gone and this event now holds the ``deleted`` key (process it); otherwise the
+    outcome to record without any effect: ``delete_not_confirmed`` (the resource is there: a
+    forged or stale notification) or ``duplicate`` (another delivery of the same delete holds
+    the key). A Medplum error propagates and the job retries."""
+    if version_id == PENDING_DELETE_VERSION:
+        await worker.repo.begin_delete_check(event_id)
+    resource_type, _, resource_id = reference.partition("/")
+    try:
+        await worker.medplum.read(resource_type, resource_id)
+    except MedplumNotFound:
+        pass
+    else:
+        log.warning("delete_not_confirmed", event_id=event_id, resource_type=resource_type)
+        return "delete_not_confirmed"
+    if not await worker.repo.confirm_delete(event_id):
+        return "duplicate"
+    return None
 
 
 @blueprint.task(name="sweep", queue=MAINTENANCE_QUEUE, queueing_lock="sweep")
@@ -215,12 +255,19 @@ FINISHED_JOB_RETENTION_HOURS = 72
 
 @blueprint.task(name="queue_housekeeping", queue=MAINTENANCE_QUEUE, queueing_lock="housekeeping")
 async def queue_housekeeping(timestamp: int) -> None:
-    """Delete succeeded jobs older than three days (failed ones are the dead letter and stay;
-    ``starvit.event_keys`` keeps every event's outcome) and refresh the queue table's planner
-    statistics: procrastinate's fetch slows sharply on a backlog the statistics have not seen."""
+    """Delete succeeded jobs older than three days (failed ones are the dead letter and stay),
+    processed event keys older than the retention (``STARVIT_EVENT_KEY_RETENTION_DAYS``; failed
+    and queued ones stay), old failed-signature windows and refusal counts, and refresh the
+    queue table's planner statistics: procrastinate's fetch slows sharply on a backlog the
+    statistics have not seen."""
     del timestamp
     worker = state()
     await worker.queue.job_manager.delete_old_jobs(nb_hours=FINISHED_JOB_RETENTION_HOURS)
+    retention = worker.settings.event_key_retention
+    pruned = await worker.repo.prune_processed(retention)
+    if pruned:
+        log.info("event_keys_pruned", count=pruned, retention_days=retention)
+    await prune_edge_counters(worker.database.pool, retention)
     async with worker.database.pool.connection() as conn:
         await conn.execute("ANALYZE procrastinate_jobs")
 

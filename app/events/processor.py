@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from app.handlers.protocol import HandlerContext, PermanentFailure, Processed
+from app.integrations.medplum import metered
 from app.observability.logging import get_logger
 
 if TYPE_CHECKING:
@@ -40,7 +41,12 @@ class EventProcessor:
         if handler is None:
             raise PermanentFailure("unknown_handler")
         started = time.perf_counter()
-        result = await handler.handle(event, replace(self.context, trace_id=trace_id))
+        with metered() as meter:
+            result = await handler.handle(event, replace(self.context, trace_id=trace_id))
+        if meter.requests:
+            # What was really sent, the client's retries included (the handler counts the
+            # requests it made, once each).
+            result = replace(result, medplum_requests=meter.requests)
         log.info(
             "event_processed",
             event_id=event.id,

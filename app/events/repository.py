@@ -18,15 +18,26 @@ import psycopg
 from procrastinate.jobs import Job
 from psycopg_pool import PoolTimeout
 
-from app.handlers.protocol import StoredEvent
+from app.handlers.protocol import DELETED_VERSION, StoredEvent
 
 if TYPE_CHECKING:
     from procrastinate import App
     from psycopg import AsyncConnection
     from psycopg_pool import AsyncConnectionPool
 
+    from app.events.rejections import Counts
+
 PROCESS_EVENT_TASK = "starvit:process_event"
 EVENTS_QUEUE = "events"
+
+# A delete notification is recorded under this provisional version: at most one unconfirmed
+# delete per handler and resource waits in the queue (later copies are duplicates of it). The
+# worker renames it to ``deleted:checking:<event id>`` before it asks Medplum (so a delete that
+# arrives after that question gets a row of its own), and to ``deleted``
+# (:data:`~app.handlers.protocol.DELETED_VERSION`) only once Medplum answers 404/410. A forged
+# delete of a live resource therefore never occupies the ``deleted`` key.
+PENDING_DELETE_VERSION = "deleted:pending"
+CHECKING_DELETE_PREFIX = "deleted:checking:"
 
 Source = Literal["notification", "sweep", "replay"]
 
@@ -64,6 +75,16 @@ def job_lock(handler: str, patient_id: str | None, reference: str) -> str:
 class IntakeUnavailable(Exception):
     """The event key could not be made durable (the database is unreachable or refused): the
     notification must not be acknowledged."""
+
+
+class IntakeRefused(Exception):
+    """The database refused this one key's data (a data exception): retrying cannot help, and
+    the keys committed with it were not affected."""
+
+
+# The database (or the way to it) is down: every key of the group fails alike, and retrying
+# them one by one would only wait longer for the same answer.
+_UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError, OSError, PoolTimeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,21 +199,45 @@ class EventIntake:
                 self._pending[self.max_batch :],
             )
             try:
-                async with self.pool.connection() as conn, conn.transaction():
-                    results = await record_events(conn, self.queue, [k for k, _ in batch])
-            except (psycopg.Error, OSError, PoolTimeout) as error:
+                results = await self._commit([k for k, _ in batch])
+            except _UNREACHABLE as error:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(IntakeUnavailable(type(error).__name__))
                 continue
-            except Exception as error:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
+            except Exception:
+                # One bad key must not fail its neighbours: commit each on its own, so only
+                # the key the database refuses fails.
+                await self._commit_one_by_one(batch)
                 continue
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
+
+    async def _commit(self, keys: list[EventKey]) -> list[IntakeResult]:
+        async with self.pool.connection() as conn, conn.transaction():
+            return await record_events(conn, self.queue, keys)
+
+    async def _commit_one_by_one(
+        self, batch: list[tuple[EventKey, asyncio.Future[IntakeResult]]]
+    ) -> None:
+        for key, future in batch:
+            try:
+                [result] = await self._commit([key])
+            except _UNREACHABLE as error:
+                outcome: IntakeResult | BaseException = IntakeUnavailable(type(error).__name__)
+            except psycopg.DataError as error:
+                outcome = IntakeRefused(type(error).__name__)
+            except Exception as error:
+                outcome = IntakeUnavailable(type(error).__name__)
+            else:
+                outcome = result
+            if future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
 
     async def check(self) -> str | None:
         return None
@@ -252,6 +297,43 @@ class EventRepository:
                 "UPDATE starvit.event_keys SET status = %s, error_code = %s WHERE id = %s",
                 ("failed" if final else "queued", error_code, event_id),
             )
+
+    async def begin_delete_check(self, event_id: int) -> None:
+        """Free the pending-delete key before Medplum is asked: a delete notified from now on
+        gets a row (and a check) of its own instead of being a duplicate of this one."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE starvit.event_keys SET version_id = %s WHERE id = %s AND version_id = %s",
+                (f"{CHECKING_DELETE_PREFIX}{event_id}", event_id, PENDING_DELETE_VERSION),
+            )
+
+    async def confirm_delete(self, event_id: int) -> bool:
+        """Give a delete Medplum confirmed the ``deleted`` key; False when another delivery of
+        the same delete holds it already (this one is then a duplicate)."""
+        async with self.pool.connection() as conn:
+            try:
+                cursor = await conn.execute(
+                    "UPDATE starvit.event_keys AS e SET version_id = %s WHERE e.id = %s AND NOT "
+                    "EXISTS (SELECT 1 FROM starvit.event_keys AS o WHERE o.handler = e.handler "
+                    "AND o.resource_type = e.resource_type AND o.resource_id = e.resource_id "
+                    "AND o.version_id = %s)",
+                    (DELETED_VERSION, event_id, DELETED_VERSION),
+                )
+            except psycopg.errors.UniqueViolation:
+                return False
+            return cursor.rowcount == 1
+
+    async def prune_processed(self, older_than_days: int, *, batch: int = 10_000) -> int:
+        """Delete up to ``batch`` processed event keys received more than ``older_than_days``
+        ago. Failed keys (the dead letter) and queued ones are never pruned."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "DELETE FROM starvit.event_keys WHERE id IN (SELECT id FROM starvit.event_keys "
+                "WHERE status = 'processed' AND received_at < now() - make_interval(days => %s) "
+                "ORDER BY id LIMIT %s)",
+                (older_than_days, batch),
+            )
+            return cursor.rowcount
 
     async def list(self, *, status: str | None = None, limit: int = 50) -> list[StoredEvent]:
         async with self.pool.connection() as conn:
@@ -348,3 +430,85 @@ class EventRepository:
                 "FROM starvit.subscription_health ORDER BY handler"
             )
             return [tuple(row) for row in await cursor.fetchall()]  # pyright: ignore[reportReturnType]
+
+
+# ------------------------------------------------------------------ abuse control (the edge)
+
+
+class PostgresFailureStore:
+    """The failed-signature counter shared by every receiver process (one row per client,
+    the current fixed window and its count): see :mod:`app.api.ratelimit`."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+
+    async def record_failure(self, client: str, window_start: float) -> int:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "INSERT INTO starvit.signature_failures AS s (client, window_start, failures) "
+                "VALUES (%s, to_timestamp(%s), 1) ON CONFLICT (client) DO UPDATE SET "
+                "failures = CASE WHEN EXCLUDED.window_start > s.window_start THEN 1 "
+                "ELSE s.failures + 1 END, "
+                "window_start = GREATEST(s.window_start, EXCLUDED.window_start) "
+                "RETURNING failures",
+                (client[:128], window_start),
+            )
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 1
+
+
+async def flush_rejections(pool: AsyncConnectionPool, counts: Counts) -> None:
+    """Add in-process counts of refused deliveries to ``starvit.rejected_deliveries``."""
+    keys = list(counts)
+    async with pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO starvit.rejected_deliveries AS r (handler, reason, minute, count) "
+            "SELECT handler, reason, to_timestamp(minute), count FROM "
+            "unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[]) "
+            "AS v(handler, reason, minute, count) "
+            "ON CONFLICT (handler, reason, minute) DO UPDATE SET count = r.count + EXCLUDED.count",
+            (
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [k[2] for k in keys],
+                [counts[k] for k in keys],
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedCount:
+    handler: str
+    reason: str
+    minute: datetime
+    count: int
+
+
+async def rejected_deliveries(
+    pool: AsyncConnectionPool, since: datetime, *, limit: int = 10_000
+) -> list[RejectedCount]:
+    """Refused deliveries per handler, reason and minute since ``since`` (newest first): what
+    the ops dashboard shows. PHI-free by construction."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT handler, reason, minute, count FROM starvit.rejected_deliveries "
+            "WHERE minute >= %s ORDER BY minute DESC, handler, reason LIMIT %s",
+            (since, limit),
+        )
+        return [
+            RejectedCount(str(h), str(r), m, int(c))  # pyright: ignore[reportArgumentType]
+            for h, r, m, c in await cursor.fetchall()
+        ]
+
+
+async def prune_edge_counters(pool: AsyncConnectionPool, retention_days: int) -> None:
+    """Forget failure windows older than an hour and refusal counts past the retention."""
+    async with pool.connection() as conn:
+        await conn.execute(
+            "DELETE FROM starvit.signature_failures WHERE window_start < now() - interval '1 hour'"
+        )
+        await conn.execute(
+            "DELETE FROM starvit.rejected_deliveries "
+            "WHERE minute < now() - make_interval(days => %s)",
+            (retention_days,),
+        )

@@ -60,6 +60,9 @@ class Coding:
 class Quantity:
     value: float
     unit: str  # the UCUM code when given, else the human unit
+    # ``Quantity.comparator`` (<, <=, >=, >, ad): when set, ``value`` is a bound, not a
+    # measured value, and no exact metric may be computed from it.
+    comparator: str | None = None
 
 
 def codings(concept: JSONObject | None) -> list[Coding]:
@@ -82,7 +85,7 @@ def quantity(obj: JSONObject | None) -> Quantity | None:
     unit = get_str(obj, "code") or get_str(obj, "unit")
     if value is None or unit is None:
         return None
-    return Quantity(value=value, unit=unit)
+    return Quantity(value=value, unit=unit, comparator=get_str(obj, "comparator"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +123,14 @@ class ResourceView:
         meta = get_object(self.json, "meta")
         author = get_object(meta, "author") if meta else None
         return get_str(author, "reference") if author else None
+
+    @property
+    def on_behalf_of(self) -> str | None:
+        """``meta.onBehalfOf``: set by Medplum when an admin client acted with
+        ``X-Medplum-On-Behalf-Of`` (``meta.author`` stays the real caller)."""
+        meta = get_object(self.json, "meta")
+        behalf = get_object(meta, "onBehalfOf") if meta else None
+        return get_str(behalf, "reference") if behalf else None
 
     @property
     def status(self) -> str | None:
@@ -202,6 +213,13 @@ class PatientView(ResourceView):
     def gender(self) -> str | None:
         return get_str(self.json, "gender")
 
+    @property
+    def deceased(self) -> bool:
+        """``deceasedBoolean`` true, or any ``deceasedDateTime``."""
+        return self.json.get("deceasedBoolean") is True or bool(
+            get_str(self.json, "deceasedDateTime")
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ConditionView(ResourceView):
@@ -235,6 +253,22 @@ class TaskView(ResourceView):
     def status_reason(self) -> str | None:
         reason = get_object(self.json, "statusReason")
         return get_str(reason, "text") if reason else None
+
+    @property
+    def owner(self) -> str | None:
+        return self.reference_of("owner")
+
+    @property
+    def patient(self) -> str | None:
+        """``Task.for`` when it is a Patient."""
+        ref = self.reference_of("for")
+        return ref if ref and ref.startswith("Patient/") else None
+
+    @property
+    def status_reason_code(self) -> str | None:
+        reason = get_object(self.json, "statusReason")
+        codings = get_objects(reason, "coding") if reason else []
+        return get_str(codings[0], "code") if codings else None
 
     @property
     def input_references(self) -> list[str]:

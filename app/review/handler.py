@@ -2,8 +2,11 @@
 retracts the proposal it focuses on, and records who decided.
 
 An event reads, in one named batch, the Task version that was notified (``X-Medplum: extended``
-to see who made it), the current Task with its focus, and the author's PractitionerRoles, and
-writes the decision's effects (:func:`~app.review.decisions.plan_review`) and an AuditEvent in
+to see who made it and whether on behalf of someone), the current Task with its focus, the
+Task's history, and the author's Practitioner and PractitionerRoles. A second batch is made only
+when needed: the patient and their active CareTeams (decision scope ``related``), and the
+service's Provenances of a proposal that is no longer pending (who made the decision that
+stands). It writes the answer (:func:`~app.review.decisions.plan_review`) and an AuditEvent in
 one transaction.
 """
 
@@ -16,7 +19,7 @@ from urllib.parse import quote
 from app import __version__
 from app.botkit.audit import audit_event
 from app.botkit.identifiers import TAG_CODE, TAG_SYSTEM
-from app.botkit.statuses import APPROVING, REJECTING
+from app.botkit.statuses import APPROVING, REJECTING, proposal_status_after
 from app.fhir.views import ResourceView, TaskView
 from app.handlers.protocol import (
     EventHandler,
@@ -28,10 +31,18 @@ from app.handlers.protocol import (
 )
 from app.handlers.reads import entry_error, search_resources
 from app.handlers.writes import writer_for
-from app.integrations.medplum import BundleRequest
+from app.integrations.medplum import BundleEntryResult, BundleRequest
 from app.integrations.medplum.client import BundleEntryInput
 from app.observability.logging import get_logger
-from app.review.decisions import has_clinician_role, plan_review
+from app.review.decisions import (
+    Actor,
+    clinician_relation,
+    has_clinician_role,
+    owner_before_decision,
+    plan_review,
+    previous_version,
+    standing_decision,
+)
 
 if TYPE_CHECKING:
     from app.fhir.resource_json import JSONObject
@@ -41,7 +52,12 @@ log = get_logger("app.review.handler")
 
 _VERSION = "notified version"
 _CURRENT = "current Task"
+_HISTORY = "Task history"
 _ROLES = "decider's roles"
+_PRACTITIONER = "decider"
+_PATIENT = "patient"
+_CARE_TEAMS = "patient's care teams"
+_DECISIONS = "decision Provenances"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,17 +100,22 @@ class ReviewHandler(EventHandler):
     async def handle(self, event: StoredEvent, context: HandlerContext) -> Processed:
         if event.resource_type != "Task" or event.deleted:
             return Processed("not_a_decision", 0)
+        settings = context.settings
         author = event.author
         reads: dict[str, BundleEntryInput] = {
             _VERSION: BundleRequest.vread("Task", event.resource_id, event.version_id),
             _CURRENT: BundleRequest.search(
                 "Task", f"_id={quote(event.resource_id)}&_include=Task:focus"
             ),
+            # Who set the owner, how a withdrawn suggestion was withdrawn, and the version
+            # before this one (a removed identifier or tag is put back from it).
+            _HISTORY: BundleRequest("GET", f"Task/{quote(event.resource_id)}/_history?_count=50"),
         }
         if author and author.startswith("Practitioner/"):
             reads[_ROLES] = BundleRequest.search(
                 "PractitionerRole", f"practitioner={quote(author)}&_count=50"
             )
+            reads[_PRACTITIONER] = BundleRequest.read("Practitioner", author.split("/", 1)[1])
         answers = await context.medplum.batch_named(reads, extended=True)
         requests = 1
         version_entry = answers[_VERSION]
@@ -105,42 +126,146 @@ class ReviewHandler(EventHandler):
         current, included = search_resources(answers[_CURRENT])
         if current and ResourceView(current[0]).version_id != task.version_id:
             later = TaskView(current[0])
-            if later.status == task.status and later.author == task.author:
-                pass  # a later edit (a note, an owner) that kept the decision
-            else:
+            if (later.status, later.author, later.on_behalf_of) != (
+                task.status,
+                task.author,
+                task.on_behalf_of,
+            ):
                 return Processed("stale", requests)
+            # A later edit (a note, an owner) that kept the decision: answer the newest version,
+            # so that a write guarded by its version can succeed.
+            task = later
+        history = search_resources(answers[_HISTORY])[0]
         focus_ref = task.focus
         focus = next((r for r in included if ResourceView(r).reference == focus_ref), None)
         roles = search_resources(answers[_ROLES])[0] if _ROLES in answers else []
+        practitioner = _resource_or_none(answers.get(_PRACTITIONER))
+        now = context.clock()
         is_clinician = (
             decider is not None
             and decider == author
-            and has_clinician_role(roles, decider, frozenset(context.settings.clinician_role_codes))
+            and has_clinician_role(
+                roles,
+                decider,
+                frozenset(settings.clinician_role_codes),
+                practitioner_resource=practitioner,
+                now=now,
+            )
         )
-        now = context.clock()
+
+        # Second round, only when needed: how the clinician is related to the patient, and
+        # who made the decision that stands on a proposal that is no longer pending.
+        more: dict[str, BundleEntryInput] = {}
+        owner = owner_before_decision(history, task.version_id, decider)
+        relation = None
+        if settings.decision_scope == "related" and is_clinician and decider is not None:
+            relation = clinician_relation(
+                decider, decider_roles=roles, owner=owner, patient=None, care_teams=[], now=now
+            )
+            patient = task.patient
+            if relation is None and patient is not None:
+                more[_PATIENT] = BundleRequest.read("Patient", patient.split("/", 1)[1])
+                more[_CARE_TEAMS] = BundleRequest.search(
+                    "CareTeam", f"subject={quote(patient)}&status=active&_count=100"
+                )
+        focus_view = ResourceView(focus) if focus is not None else None
+        decided = (
+            focus_view is not None
+            and focus_view.tagged(TAG_SYSTEM, TAG_CODE)
+            and proposal_status_after(focus_view.resource_type, focus_view.status, "approve")
+            is None
+        )
+        if decided and focus_view is not None:
+            more[_DECISIONS] = BundleRequest.search(
+                "Provenance", f"target={quote(focus_view.reference)}&_count=100"
+            )
+        second = await context.medplum.batch_named(more, extended=True) if more else {}
+        requests += 1 if more else 0
+        if _PATIENT in second and decider is not None:
+            relation = clinician_relation(
+                decider,
+                decider_roles=roles,
+                owner=owner,
+                patient=_resource_or_none(second[_PATIENT]),
+                care_teams=search_resources(second[_CARE_TEAMS])[0],
+                now=now,
+            )
+        standing = None
+        if decided and focus_view is not None:
+            # Only the service's own Provenances say who decided: anyone who may write
+            # Provenance could otherwise name a decider.
+            provenances = [
+                p
+                for p in search_resources(second[_DECISIONS])[0]
+                if ResourceView(p).author == settings.service_author
+            ]
+            withdrawal = _withdrawal(history, task.version_id, settings.service_author)
+            standing = standing_decision(focus_view, provenances, withdrawal)
+
+        actor = Actor(
+            reference=decider,
+            on_behalf_of=task.on_behalf_of,
+            is_clinician=is_clinician,
+            relation=relation,
+        )
         plan = plan_review(
-            task, decider=decider, decider_is_clinician=is_clinician, focus=focus, now=now
+            task,
+            actor=actor,
+            focus=focus,
+            now=now,
+            scope=settings.decision_scope,
+            standing=standing,
+            previous=previous_version(history, task.version_id),
         )
         if plan.outcome == "refused":
-            log.warning("review_refused", task=task.reference, decider_type=_type_of(decider))
-        if plan.outcome in ("no_decision", "not_ours", "already_decided"):
+            log.warning(
+                "review_refused",
+                task=task.reference,
+                decider_type=_type_of(decider),
+                on_behalf_of=task.on_behalf_of is not None,
+            )
+        elif plan.outcome in ("overruled", "withdrawn_before_decision", "reopened"):
+            log.warning("review_decision_without_effect", task=task.reference, outcome=plan.outcome)
+        if plan.outcome in ("no_decision", "not_ours"):
             return Processed(plan.outcome, requests)
-        outputs: list[JSONObject] = [{"reference": focus_ref}] if focus_ref else []
+        outputs: list[JSONObject] = [{"reference": task.reference}] if plan.writes else []
+        if focus_ref and plan.outcome in ("finalised", "retracted"):
+            outputs.append({"reference": focus_ref})
+        who = f"decided by {decider or 'unknown'}"
+        if task.on_behalf_of:
+            who += f" on behalf of {task.on_behalf_of}"
         audit = audit_event(
             handler=self.name,
             version=self.version,
             event_reference=task.reference,
             event_version=task.version_id,
             inputs=[task.versioned_reference],
-            outputs=outputs if plan.writes else [],
+            outputs=outputs,
             outcome=plan.outcome,
-            reasons=[*plan.reasons, f"decided by {decider or 'unknown'}"],
-            succeeded=plan.outcome != "refused",
+            reasons=[*plan.reasons, who],
+            succeeded=plan.carried_out,
             now=now,
         )
         writer = writer_for(context)
         written = await writer.apply([plan.writes, [audit]], context.trace_id)
         return Processed(plan.outcome, requests + writer.requests, written)
+
+
+def _resource_or_none(entry: BundleEntryResult | None) -> JSONObject | None:
+    """A read entry's resource; ``None`` when it failed (not found, gone, forbidden)."""
+    if entry is None or not entry.ok:
+        return None
+    return entry.resource
+
+
+def _withdrawal(history: list[JSONObject], version_id: str, service: str) -> TaskView | None:
+    """The service's version that cancelled the Task before ``version_id`` (newest first)."""
+    versions = [TaskView(v) for v in history if ResourceView(v).resource_type == "Task"]
+    index = next((i for i, v in enumerate(versions) if v.version_id == version_id), 0)
+    for earlier in versions[index:]:
+        if earlier.author == service and earlier.status == "cancelled":
+            return earlier
+    return None
 
 
 def _type_of(reference: str | None) -> str:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Literal, cast
 from app.botkit.handler import BotHandler
 from app.botkit.identifiers import BOT_DEVICE_SYSTEM, IDENTIFIER_BASE
 from app.botkit.resources import bot_device
+from app.events.signature import subscription_secret
 from app.fhir.resource_json import FHIR_ID, JSONObject, JSONValue, get_objects, get_str
 from app.handlers.protocol import Interaction
 from app.handlers.registry import HANDLER_NAME
@@ -385,17 +386,20 @@ async def sync_subscriptions(
 ) -> list[SyncResult]:
     """Create or correct every handler's Subscription (and the bots' Devices) in the project.
 
-    The signing secret is the first of ``settings.webhook_secrets`` (the receiver accepts them
-    all, so rotation is: prepend the new one, deploy, sync, later drop the old one). Running it
-    twice changes nothing the second time.
+    Each Subscription's signing secret is derived from the first of
+    ``settings.webhook_secrets`` and the handler's name (:func:`subscription_secret`; the
+    receiver accepts the derivations of them all, so rotation is: prepend the new one, deploy,
+    sync, later drop the old one). Running it twice changes nothing the second time.
     """
     check_sync_settings(settings)
-    secret = settings.webhook_secrets[0].get_secret_value()
+    configured = settings.webhook_secrets[0].get_secret_value()
     handlers = subscribed_handlers(registry)
     await ensure_bot_devices(medplum, registry)
     existing = await _existing(medplum, handlers)
     results: list[SyncResult] = []
     for handler in handlers:
+        # Each Subscription signs with its own secret, so a signature proves the handler.
+        secret = subscription_secret(configured, handler.name)
         desired = _subscription_for(handler, settings, secret)
         current = existing.get(handler.name)
         if current is None:

@@ -412,7 +412,14 @@ export class RequestRepository extends FhirRepository {
   }
 
   buildMeta(candidate, existing) {
-    const meta = { ...(existing?.meta ?? {}), ...(candidate.meta ?? {}) };
+    // As Medplum's updateResourceImpl: the new meta is the candidate's own (an update without
+    // meta.tag drops the stored tags), plus server fields; only the accounts are inherited.
+    const meta = { ...(candidate.meta ?? {}) };
+    for (const key of ['account', 'accounts']) {
+      if (meta[key] === undefined && existing?.meta?.[key] !== undefined) {
+        meta[key] = existing.meta[key];
+      }
+    }
     meta.versionId = generateId();
     meta.lastUpdated = new Date().toISOString();
     if (this.ctx.system && candidate.meta?.author) {

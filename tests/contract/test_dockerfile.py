@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from app.cli.main import GUNICORN_FLAGS
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 HADOLINT = Path(sys.executable).parent / "hadolint"
@@ -71,8 +73,9 @@ def test_production_server_without_reload() -> None:
     [cmd] = [rest for keyword, rest in stages()[-1] if keyword == "CMD"]
     assert "gunicorn" in cmd
     assert "app.main:create_app()" in cmd
-    assert "uvicorn_worker.UvicornWorker" in cmd
     assert "${PORT:-8000}" in cmd
+    # Served exactly as `starvit serve` serves it: the same worker class and limits.
+    assert " ".join(GUNICORN_FLAGS) in cmd
 
 
 def test_dependencies_come_from_the_lock_file() -> None:

@@ -43,7 +43,14 @@ def database_url(postgres_server_url: str) -> Iterator[str]:
         yield url
 
 
+# The stand-in as strict as the oldest Medplum the service supports: 5.0 reads only the first
+# supported-interaction extension and never auto-disables a Subscription; the FHIR quota
+# (50,000 points a minute), RateLimit headers and declared-profile validation are on by
+# default. Only the delivery retries are quicker than Medplum's 1 s doubling.
+STRICT_STANDIN = {"MEDPLUM_COMPAT": "5.0", "SUBSCRIPTION_RETRY_BASE_MS": "200"}
+
+
 @pytest.fixture
 def devserver() -> Iterator[DevServer]:
-    with DevServer.start(env={"SUBSCRIPTION_RETRY_BASE_MS": "200"}) as server:
+    with DevServer.start(env=STRICT_STANDIN) as server:
         yield server

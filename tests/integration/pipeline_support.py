@@ -111,6 +111,21 @@ class Pipeline:
             answer = await http.post(self.devserver.base_url + "_devserver/fault", json=fault)
             answer.raise_for_status()
 
+    async def configure_standin(self, **settings: Any) -> Json:
+        """Change the stand-in's run-time settings (quota, compat mode, conflicts...)."""
+        async with httpx.AsyncClient() as http:
+            answer = await http.post(self.devserver.base_url + "_devserver/config", json=settings)
+            answer.raise_for_status()
+            return answer.json()
+
+    async def set_project_features(self, features: list[str]) -> None:
+        """What a super admin does on a real server (project admins cannot change them)."""
+        async with httpx.AsyncClient() as http:
+            answer = await http.post(
+                self.devserver.base_url + "_devserver/project", json={"features": features}
+            )
+            answer.raise_for_status()
+
     async def tasks_for(self, patient: str, **params: str) -> list[Json]:
         return await self.search("Task", subject=patient, **params)
 

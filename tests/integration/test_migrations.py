@@ -140,6 +140,7 @@ async def test_a_release_0_1_0_database_upgrades_keeping_its_rows(
     assert columns_named(database_url, "bot") == []
     assert columns_named(database_url, "handler") == [
         "event_keys",
+        "rejected_deliveries",
         "subscription_health",
         "sweep_watermarks",
     ]
@@ -160,7 +161,7 @@ async def test_a_release_0_1_0_database_upgrades_keeping_its_rows(
             " interaction, source) VALUES ('bmi', 'Observation', 'o1', '1', 'update', 'sweep')"
         )
     assert err.value.diag.constraint_name == "event_keys_unique"
-    assert await current_revision(database_url) == head_revision() == "0002"
+    assert await current_revision(database_url) == head_revision() == "0003"
     assert scalar(database_url, "SELECT to_regclass('starvit.alembic_version') IS NOT NULL")
     assert scalar(database_url, "SELECT to_regclass('public.alembic_version') IS NULL")
     assert scalar(database_url, "SELECT to_regclass('procrastinate_jobs') IS NOT NULL")
@@ -232,6 +233,7 @@ async def test_a_fresh_database_migrates_down_to_base_and_up_again(database_url:
     assert await current_revision(database_url) == head_revision()
     assert columns_named(database_url, "handler") == [
         "event_keys",
+        "rejected_deliveries",
         "subscription_health",
         "sweep_watermarks",
     ]

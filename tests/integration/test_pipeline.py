@@ -16,13 +16,14 @@ import pytest
 from psycopg import sql
 
 from app.botkit.identifiers import TAG_CODE, TAG_SYSTEM
+from app.events.signature import subscription_secret
 from app.integrations.medplum import MedplumForbidden
 from app.review.expiry import expire_tasks
 from app.settings import load_settings
 from app.wiring import medplum_client
 from devtools.clinician import approve, login, reject
 from devtools.devserver import DevServer
-from tests.integration.conftest import fresh_database
+from tests.integration.conftest import STRICT_STANDIN, fresh_database
 from tests.integration.pipeline_support import Pipeline, eventually, observation, start_pipeline
 
 pytestmark = pytest.mark.integration
@@ -31,8 +32,17 @@ TAG = f"{TAG_SYSTEM}|{TAG_CODE}"
 
 @pytest.fixture(scope="module")
 def module_devserver() -> Iterator[DevServer]:
-    with DevServer.start(env={"SUBSCRIPTION_RETRY_BASE_MS": "200"}) as server:
+    with DevServer.start(env=STRICT_STANDIN) as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+async def fresh_quota_window(module_devserver: DevServer) -> None:
+    """The module shares one stand-in; each test starts in a fresh quota minute, as if it ran
+    alone (the quota itself stays Medplum's default)."""
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(module_devserver.base_url + "_devserver/reset-quota")
+        answer.raise_for_status()
 
 
 @pytest.fixture(scope="module")
@@ -369,7 +379,8 @@ async def test_a_forged_delete_withdraws_nothing(pipeline: Pipeline) -> None:
     _height, weight = await pipeline.weight_and_height(patient)
     await pipeline.settled()
     body = b"{}"
-    signature = hmac.new(pipeline.stack.webhook_secret.encode(), body, hashlib.sha256).hexdigest()
+    key = subscription_secret(pipeline.stack.webhook_secret, "bmi").encode()
+    signature = hmac.new(key, body, hashlib.sha256).hexdigest()
     async with httpx.AsyncClient() as http:
         answer = await http.post(
             pipeline.stack.receiver_url,
@@ -380,6 +391,7 @@ async def test_a_forged_delete_withdraws_nothing(pipeline: Pipeline) -> None:
                 "X-Medplum-Interaction": "delete",
                 "X-Medplum-Deleted-Resource": f"Observation/{weight['id']}",
                 "X-Starvit-Bot": "bmi",
+                "X-Medplum-Subscription": "0b7b1f5e-forged-4e1a-9b1e-000000000001",
             },
         )
     assert answer.status_code == 202

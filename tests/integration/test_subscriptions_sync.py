@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from app.botkit.identifiers import BOT_DEVICE_SYSTEM, tag
 from app.cli.subscriptions import subscriptions_app
-from app.events.signature import signature_matches
+from app.events.signature import signature_matches, subscription_secret
 from app.integrations.medplum import MedplumClient, MedplumClientConfig
 from app.settings import Settings, load_settings
 from app.subscriptions.service import (
@@ -220,7 +220,7 @@ async def test_sync_creates_everything_then_changes_nothing(
     assert bmi["channel"]["endpoint"] == settings.receiver_url
     assert {
         "url": "https://www.medplum.com/fhir/StructureDefinition/subscription-secret",
-        "valueString": SECRET,
+        "valueString": subscription_secret(SECRET, "bmi"),
     } in bmi["extension"]
 
     devices = await admin.search("Device", {"identifier": f"{BOT_DEVICE_SYSTEM}|bmi@1.0.0"})
@@ -325,7 +325,8 @@ async def test_partner_weight_is_delivered_signed_to_the_weight_bots(
         bot = delivery.headers["x-starvit-bot"]
         assert delivery.headers["x-medplum-subscription"] == ids[bot]
         assert delivery.headers["content-type"].startswith("application/fhir+json")
-        assert signature_matches(delivery.body, delivery.headers["x-signature"], [SECRET.encode()])
+        key = subscription_secret(SECRET, bot).encode()
+        assert signature_matches(delivery.body, delivery.headers["x-signature"], [key])
         assert not signature_matches(delivery.body, delivery.headers["x-signature"], [b"other"])
         body = json.loads(delivery.body)
         assert body["meta"]["author"]["reference"] == f"ClientApplication/{PARTNER_CLIENT_ID}"
@@ -343,7 +344,8 @@ async def test_partner_weight_is_delivered_signed_to_the_weight_bots(
     assert {d.headers["x-starvit-bot"] for d in deleted} == WEIGHT_HANDLERS
     for delivery in deleted:
         assert delivery.body == b"{}"
-        assert signature_matches(b"{}", delivery.headers["x-signature"], [SECRET.encode()])
+        key = subscription_secret(SECRET, delivery.headers["x-starvit-bot"]).encode()
+        assert signature_matches(b"{}", delivery.headers["x-signature"], [key])
 
 
 async def test_the_service_own_writes_are_not_notified(
@@ -400,7 +402,8 @@ async def test_review_fires_only_on_someone_elses_status_change(
     (delivery,) = updates
     assert delivery.headers["x-starvit-bot"] == "review"
     assert delivery.headers["x-medplum-subscription"] == ids["review"]
-    assert signature_matches(delivery.body, delivery.headers["x-signature"], [SECRET.encode()])
+    key = subscription_secret(SECRET, "review").encode()
+    assert signature_matches(delivery.body, delivery.headers["x-signature"], [key])
     assert json.loads(delivery.body)["meta"]["versionId"] == decided.version_id
     # The create of the Task itself is never delivered (update only).
     assert about(receiver.snapshot(), reference, "create") == []

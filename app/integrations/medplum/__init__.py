@@ -14,7 +14,13 @@ from app.integrations.medplum.auth import (
     pkce_pair,
     unverified_claims,
 )
-from app.integrations.medplum.client import MAX_JSON_BODY_BYTES, MedplumClient, SearchParams
+from app.integrations.medplum.client import (
+    MAX_JSON_BODY_BYTES,
+    MedplumClient,
+    RequestMeter,
+    SearchParams,
+    metered,
+)
 from app.integrations.medplum.config import MedplumClientConfig
 from app.integrations.medplum.errors import (
     MedplumBadRequest,
@@ -72,6 +78,7 @@ __all__ = [
     "OutboundHostNotAllowed",
     "OutcomeIssue",
     "PasswordSignIn",
+    "RequestMeter",
     "ResourceResult",
     "SearchParams",
     "SearchResult",
@@ -80,6 +87,7 @@ __all__ = [
     "TokenSource",
     "TokenSourceFactory",
     "client_credentials",
+    "metered",
     "pkce_challenge",
     "pkce_pair",
     "unverified_claims",

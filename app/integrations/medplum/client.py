@@ -16,7 +16,9 @@ import asyncio
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -47,8 +49,10 @@ from app.integrations.medplum.errors import (
     MedplumUnavailable,
 )
 from app.integrations.medplum.responses import (
+    RateLimitStatus,
     error_for_response,
     is_success,
+    parse_rate_limit,
     version_from_etag,
 )
 from app.integrations.medplum.results import (
@@ -100,6 +104,30 @@ class _Call:
     headers: Mapping[str, str] = field(default_factory=dict[str, str])
     accept_statuses: frozenset[int] = frozenset()
     guarded_patch: bool = False
+
+
+@dataclass(slots=True)
+class RequestMeter:
+    """What one unit of work (an event) cost Medplum: every HTTP request sent, retries
+    included, and the quota points they are charged."""
+
+    requests: int = 0
+    points: int = 0
+
+
+_current_meter: ContextVar[RequestMeter | None] = ContextVar("medplum_meter", default=None)
+
+
+@contextmanager
+def metered() -> Iterator[RequestMeter]:
+    """Count the Medplum requests made in this context (an asyncio task and what it awaits;
+    concurrent jobs each count their own)."""
+    meter = RequestMeter()
+    token = _current_meter.set(meter)
+    try:
+        yield meter
+    finally:
+        _current_meter.reset(token)
 
 
 class MedplumClient:
@@ -163,6 +191,8 @@ class MedplumClient:
         self._requests: Counter[str] = Counter()
         self._retries: Counter[str] = Counter()
         self._points = 0
+        self._clock = clock
+        self._last_rate_limit: RateLimitStatus | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -219,6 +249,14 @@ class MedplumClient:
     def estimated_points(self) -> int:
         """Medplum FHIR quota points of the requests sent (read 1, search 20, write 100)."""
         return self._points
+
+    @property
+    def last_rate_limit(self) -> RateLimitStatus | None:
+        """The ``RateLimit`` policies of the latest FHIR response that carried them (errors
+        included), with when it arrived on this client's clock; a policy that answer did not
+        list keeps its last known state (see :meth:`RateLimitStatus.updated_by`). None before
+        any."""
+        return self._last_rate_limit
 
     def reset_counters(self) -> None:
         self._requests.clear()
@@ -634,8 +672,12 @@ class MedplumClient:
             headers["Content-Type"] = call.content_type
         self._requests[call.kind] += 1
         self._points += call.points
+        meter = _current_meter.get()
+        if meter is not None:
+            meter.requests += 1
+            meter.points += call.points
         try:
-            return await self._http.request(
+            response = await self._http.request(
                 call.method, call.url, content=call.content, params=call.params, headers=headers
             )
         except httpx.TransportError as error:
@@ -647,6 +689,11 @@ class MedplumClient:
                 attempts=attempt_number,
                 cause=type(error).__name__,
             ) from None
+        rate_limit = parse_rate_limit(response.headers, observed_at=self._clock())
+        if rate_limit is not None:
+            last = self._last_rate_limit
+            self._last_rate_limit = last.updated_by(rate_limit) if last else rate_limit
+        return response
 
     def _resource_result(self, response: httpx.Response, call: _Call) -> ResourceResult:
         body = loads_object(response.content)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import httpx
 
-from app.domain.fhir_json import (
+from app.fhir.resource_json import (
     get_number,
     get_objects,
     get_str,
@@ -28,6 +30,7 @@ from app.integrations.medplum.errors import (
 # Medplum's core attaches the reset delay to the throttled OperationOutcome as well.
 RATE_LIMIT_RESET_EXTENSION = "https://medplum.com/fhir/StructureDefinition/rate-limit-reset"
 
+_POLICY = re.compile(r'^\s*"([^"]+)"')
 _RESET = re.compile(r"(?:^|;)\s*(?:t|reset)\s*=\s*\"?(\d+(?:\.\d+)?)")
 _REMAINING = re.compile(r"(?:^|;)\s*(?:r|remaining)\s*=\s*\"?(\d+)")
 _ETAG = re.compile(r'^(?:W/)?"?([^"]*)"?$')
@@ -35,12 +38,15 @@ _ETAG = re.compile(r'^(?:W/)?"?([^"]*)"?$')
 _PERMANENT_5XX = frozenset({501, 505})
 
 
-def parse_rate_limit_reset(headers: httpx.Headers) -> float | None:
-    """Seconds until the quota resets, from ``RateLimit: "requests";r=0;t=12``.
+def parse_rate_limit_reset(headers: httpx.Headers, *, throttled: bool = False) -> float | None:
+    """Seconds to wait before the next request, from Medplum's ``RateLimit`` header, or None.
 
-    Several policies may be listed (``"requests";...,"fhirInteractions";...``): the longest
-    reset among the exhausted ones (``r=0``) wins, else the longest reset overall. Medplum sends
-    no ``Retry-After``; it is honoured as a fallback for proxies in front of Medplum.
+    Medplum sends ``RateLimit`` on every FHIR response, one item per policy
+    (``"requests";r=59290;t=25, "fhirInteractions";r=4766444;t=25``): ``r`` is what is left
+    and ``t`` the seconds until the policy's window resets, which is *not* a wait. Only an
+    exhausted policy (``r=0``) means wait, until its reset (the longest, if several are
+    exhausted). On a 429 (``throttled``) with no exhausted policy listed, the longest reset is
+    the wait. Medplum sends no ``Retry-After``; it is honoured as a fallback for proxies.
     """
     value = headers.get("ratelimit")
     if value:
@@ -55,15 +61,75 @@ def parse_rate_limit_reset(headers: httpx.Headers) -> float | None:
             remaining = _REMAINING.search(item.strip())
             if remaining is not None and int(remaining.group(1)) == 0:
                 exhausted.append(seconds)
+        if not exhausted and ";" not in value:
+            # The older draft's form, one policy spread over items: "limit=100, remaining=0,
+            # reset=4".
+            remaining = _REMAINING.search(value.replace(",", ";"))
+            if remaining is not None and int(remaining.group(1)) == 0 and resets:
+                exhausted = resets
         if exhausted:
             return max(exhausted)
-        if resets:
+        if throttled and resets:
             return max(resets)
+    if not throttled:
+        return None
     for name in ("ratelimit-reset", "retry-after"):
         legacy = headers.get(name)
         if legacy and legacy.strip().replace(".", "", 1).isdigit():
             return float(legacy.strip())
     return None
+
+
+class RateLimitPolicy(NamedTuple):
+    """One policy of a ``RateLimit`` header: what is left, and seconds until its window resets
+    (at the time of the response)."""
+
+    remaining: int
+    reset_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitStatus:
+    """The ``RateLimit`` policies of one response (``"requests"``, ``"fhirInteractions"``),
+    and when it arrived (``observed_at``, on the client's monotonic clock), so that a caller
+    can tell how much of ``reset_seconds`` has passed since."""
+
+    policies: Mapping[str, RateLimitPolicy] = field(default_factory=dict[str, RateLimitPolicy])
+    observed_at: float = 0.0
+
+    def policy(self, name: str) -> RateLimitPolicy | None:
+        return self.policies.get(name)
+
+    def updated_by(self, newer: RateLimitStatus) -> RateLimitStatus:
+        """``newer``, plus the policies it does not list as known here, their resets counted
+        down to ``newer``'s time (dropped once reset). Medplum lists ``"fhirInteractions"``
+        only on answers that used points: a free request must not erase what is left."""
+        elapsed = newer.observed_at - self.observed_at
+        kept = {
+            name: RateLimitPolicy(policy.remaining, policy.reset_seconds - elapsed)
+            for name, policy in self.policies.items()
+            if name not in newer.policies and policy.reset_seconds - elapsed > 0
+        }
+        return RateLimitStatus(policies={**kept, **newer.policies}, observed_at=newer.observed_at)
+
+
+def parse_rate_limit(headers: httpx.Headers, *, observed_at: float) -> RateLimitStatus | None:
+    """The named policies of Medplum's ``RateLimit`` header (``"fhirInteractions";r=4766;t=25``,
+    one item or header line per policy), or None when the response has none."""
+    value = headers.get("ratelimit")
+    if not value:
+        return None
+    policies: dict[str, RateLimitPolicy] = {}
+    for item in value.split(","):
+        name = _POLICY.match(item)
+        remaining = _REMAINING.search(item.strip())
+        reset = _RESET.search(item.strip())
+        if name is None or remaining is None or reset is None:
+            continue
+        policies[name.group(1)] = RateLimitPolicy(int(remaining.group(1)), float(reset.group(1)))
+    if not policies:
+        return None
+    return RateLimitStatus(policies=policies, observed_at=observed_at)
 
 
 def _outcome_reset(outcome: Mapping[str, object] | None) -> float | None:
@@ -98,8 +164,9 @@ def error_for_response(
     """The typed error for a non-2xx answer. Only the OperationOutcome summary is kept."""
     parsed = loads_object(response.content)
     outcome = OperationOutcomeSummary.from_json(parsed) if parsed is not None else None
-    retry_after = parse_rate_limit_reset(response.headers)
-    if retry_after is None and response.status_code == 429:
+    throttled = response.status_code == 429
+    retry_after = parse_rate_limit_reset(response.headers, throttled=throttled)
+    if retry_after is None and throttled:
         retry_after = _outcome_reset(parsed)
     return error_for_status(
         response.status_code,

@@ -3,6 +3,7 @@ replay cannot duplicate an effect, waits from Medplum's RateLimit header, no PHI
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -22,6 +23,7 @@ from app.integrations.medplum import (
     MedplumRateLimited,
     MedplumRequestTooLarge,
     MedplumUnavailable,
+    metered,
 )
 from app.observability.correlation import correlation_id_var
 from tests.unit.integrations.conftest import (
@@ -214,6 +216,49 @@ async def test_409_on_an_idempotent_write_is_retried(
 
     assert result.created
     assert len(sleeps.waits) == 1
+
+
+async def test_a_transaction_conflict_is_retried_within_a_second_despite_a_ratelimit_header(
+    httpx_mock: HTTPXMock, medplum: MedplumClient, sleeps: RecordingSleep
+) -> None:
+    """Real Medplum sends RateLimit on every answer; its ``t`` is a window, not a wait."""
+    add_token(httpx_mock)
+    ordinary = {"RateLimit": '"requests";r=59290;t=25, "fhirInteractions";r=4766444;t=25'}
+    httpx_mock.add_response(
+        method="POST",
+        url=FHIR,
+        status_code=409,
+        headers=ordinary,
+        json=outcome("conflict", "could not serialize access"),
+    )
+    httpx_mock.add_response(
+        method="POST",
+        url=FHIR,
+        headers=ordinary,
+        json={"resourceType": "Bundle", "type": "transaction-response", "entry": []},
+    )
+
+    with metered() as meter:
+        await medplum.transaction([BundleRequest.create(OBSERVATION, if_none_exist=IDENTIFIER)])
+
+    assert len(sleeps.waits) == 1
+    assert sleeps.waits[0] < 1.0
+    # The event's count is what was sent: the retry included.
+    assert meter.requests == 2
+
+
+async def test_the_meter_counts_only_its_own_context(
+    httpx_mock: HTTPXMock, medplum: MedplumClient
+) -> None:
+    add_token(httpx_mock)
+    httpx_mock.add_response(url=FHIR + "Patient/p1", json=patient(), is_reusable=True)
+
+    async def one_job() -> int:
+        with metered() as meter:
+            await medplum.read("Patient", "p1")
+            return meter.requests
+
+    assert await asyncio.gather(one_job(), one_job()) == [1, 1]
 
 
 async def test_429_waits_the_seconds_of_the_ratelimit_header(

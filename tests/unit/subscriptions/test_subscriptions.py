@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from app.botkit.declaration import Interaction, Trigger
 from app.botkit.identifiers import BOT_DEVICE_SYSTEM, TAG_CODE, TAG_SYSTEM
 from app.cli.subscriptions import subscriptions_app
+from app.events.signature import subscription_secret
 from app.integrations.medplum import CreateResult, MedplumClient, ResourceResult, SearchResult
 from app.review.handler import ReviewHandler
 from app.settings import ConfigurationError
@@ -26,6 +27,7 @@ from app.subscriptions.service import (
     SUBSCRIPTIONS_DIR,
     SUPPORTED_INTERACTION_URL,
     build_subscription,
+    check_sync_settings,
     default_settings,
     expected_files,
     generate,
@@ -378,8 +380,11 @@ async def test_sync_creates_then_changes_nothing() -> None:
         f"{b.declaration.name}@{b.declaration.version}" for b in ALL_BOTS
     )
     assert all(d["identifier"][0]["system"] == BOT_DEVICE_SYSTEM for d in devices)
-    for subscription in fake.subscriptions().values():
-        assert extensions(subscription, SECRET_URL) == [{"url": SECRET_URL, "valueString": "first"}]
+    for name, subscription in fake.subscriptions().items():
+        # Each Subscription signs with its own secret, derived from the configured one.
+        assert extensions(subscription, SECRET_URL) == [
+            {"url": SECRET_URL, "valueString": subscription_secret("first", name)}
+        ]
 
     writes = len(fake.writes)
     again = await sync_subscriptions(as_client(fake), settings)
@@ -433,8 +438,10 @@ async def test_sync_rotates_to_the_first_secret() -> None:
         as_client(fake), settings_for_tests(webhook_secrets="new,old")
     )
     assert {r.action for r in results} == {"updated"}
-    for subscription in fake.subscriptions().values():
-        assert extensions(subscription, SECRET_URL)[0]["valueString"] == "new"
+    for name, subscription in fake.subscriptions().items():
+        assert extensions(subscription, SECRET_URL)[0]["valueString"] == subscription_secret(
+            "new", name
+        )
 
 
 async def test_health_reports_missing_and_sync_needs_a_secret() -> None:
@@ -476,3 +483,19 @@ def test_a_server_subscription_listing_several_interactions_is_flagged() -> None
     assert warning is not None
     assert "only the first (create)" in warning
     assert interaction_warning({"resourceType": "Subscription", "extension": []}) is None
+
+
+def test_sync_refuses_an_http_receiver_in_production() -> None:
+    """Newer Medplum servers refuse http:// rest-hooks; 5.0 would accept one and send PHI in the
+    clear, so the service refuses it itself."""
+    settings = settings_for_tests(
+        environment="production", receiver_url="http://hooks.example.org/v1/medplum/notifications"
+    )
+    with pytest.raises(ConfigurationError, match="RECEIVER_URL"):
+        check_sync_settings(settings)
+    check_sync_settings(
+        settings_for_tests(
+            environment="production",
+            receiver_url="https://hooks.example.org/v1/medplum/notifications",
+        )
+    )
