@@ -3,8 +3,11 @@
 Every bot reads the notified Observation plus its prefetched searches; this module merges
 them (the notified version wins over a prefetched copy of the same resource), keeps the usable
 ones (status final, amended or corrected, a value and an effective time), and maps them onto
-the plain :class:`~app.clinical.evidence.Measurement` the calculators take. The BMI
-evaluation is shared by the ``bmi`` and ``obesity`` bots.
+the plain :class:`~app.clinical.evidence.Measurement` the calculators take. A result with a
+``dataAbsentReason``, a comparator (``<0.2``) or a value outside the plausible range of its
+code (``app.clinical.plausibility``) is no evidence either: the notified one is answered with
+a NoResult saying why, prefetched ones are left out. The BMI evaluation is shared by the
+``bmi`` and ``obesity`` bots.
 """
 
 from __future__ import annotations
@@ -13,11 +16,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from app.botkit.declaration import BotEvent, Effect, Interaction, NoResult, Prefetch, Trigger
-from app.clinical.bmi import BODY_HEIGHT_LOINC, BODY_WEIGHT_LOINC, bmi_for_weight
+from app.clinical.bmi import (
+    BODY_HEIGHT_LOINC,
+    BODY_WEIGHT_LOINC,
+    HEIGHT_LOOKBACK,
+    bmi_for_weight,
+)
 from app.clinical.bmi import height_for_weight as _height_for_weight
 from app.clinical.evidence import Measurement
+from app.clinical.plausibility import RANGES_BY_LOINC, check
 from app.clinical.result import Citation, MetricResult, Outcome
-from app.fhir.views import ObservationView, PatientView
+from app.fhir.resource_json import get_object
+from app.fhir.views import LOINC, ObservationView, PatientView, codings
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -30,6 +40,7 @@ INVALID_INPUT: Final = Outcome.INVALID_INPUT.value
 NOT_APPLICABLE: Final = Outcome.NOT_APPLICABLE.value
 INSUFFICIENT_EVIDENCE: Final = Outcome.INSUFFICIENT_EVIDENCE.value
 NOT_USABLE: Final = "not_usable"  # the notified result is preliminary, cancelled, in error...
+DECEASED: Final = "patient_deceased"
 
 # Prefetch names shared by the BMI and obesity bots.
 WEIGHTS = "weights"
@@ -80,6 +91,41 @@ def notified_observation(event: BotEvent) -> ObservationView | list[Effect]:
     return ObservationView(resource.json)
 
 
+def deceased(patient: PatientView | None) -> NoResult | None:
+    """No new suggestion for a deceased patient (``deceasedBoolean`` or ``deceasedDateTime``)."""
+    if patient is not None and patient.deceased:
+        return NoResult(
+            "patient deceased: no new suggestions are made (Patient.deceased is set)", DECEASED
+        )
+    return None
+
+
+def _range_code(view: ObservationView) -> str | None:
+    """The view's first LOINC code with a plausible range, else its first LOINC code."""
+    loincs = [c.code for c in codings(view.code) if c.system == LOINC and c.code]
+    return next((code for code in loincs if code in RANGES_BY_LOINC), loincs[0] if loincs else "")
+
+
+def refusal_of(view: ObservationView) -> NoResult | None:
+    """Why a result with a value cannot be used as an exact value: a ``dataAbsentReason``, a
+    comparator, or a value outside the plausible range of its code (or in a mislabelled
+    unit). None when it can be used."""
+    if "dataAbsentReason" in view.json:
+        absent = get_object(view.json, "dataAbsentReason")
+        text = ", ".join(c.code or "" for c in codings(absent))
+        return NoResult(
+            f"{view.reference} carries a dataAbsentReason ({text or 'uncoded'}): no value to use",
+            NOT_USABLE,
+        )
+    quantity = view.value_quantity
+    if quantity is None:
+        return None
+    refusal = check(_range_code(view) or "", quantity.value, quantity.unit, quantity.comparator)
+    if refusal is None:
+        return None
+    return NoResult(f"{view.reference}: {refusal.reason}", refusal.outcome.value)
+
+
 def patient_reference(event: BotEvent, notified: ObservationView) -> str | None:
     return event.patient or notified.subject
 
@@ -121,21 +167,42 @@ class TimedObservation:
 
 
 def usable_measurements(views: Iterable[ObservationView], *loincs: str) -> list[TimedObservation]:
-    """Usable Observations with one of ``loincs`` and a value, oldest first (ties by id)."""
+    """Usable Observations with one of ``loincs`` and an exact, plausible value, oldest first
+    (ties by id)."""
     timed = [
         TimedObservation(view, measurement)
         for view in views
         if view.usable
         and view.has_loinc(*loincs)
         and (measurement := measurement_of(view)) is not None
+        and refusal_of(view) is None
     ]
     return sorted(timed, key=lambda item: (item.effective_at, item.view.id))
 
 
+def refused_in(
+    views: Iterable[ObservationView], *loincs: str, since: datetime | None = None
+) -> list[NoResult]:
+    """The refusals of usable results with ``loincs`` (taken at ``since`` or later), to say
+    why a result was left out when nothing else could be used."""
+    return [
+        refusal
+        for view in views
+        if view.usable
+        and view.has_loinc(*loincs)
+        and (since is None or (view.effective is not None and view.effective >= since))
+        and (refusal := refusal_of(view)) is not None
+    ]
+
+
 def malformed_notified(notified: ObservationView, *loincs: str) -> NoResult | None:
-    """A usable notified result of the bot's codes that carries no value or time cannot be
-    evidence: say so rather than silently compute from older data."""
-    if notified.usable and notified.has_loinc(*loincs) and measurement_of(notified) is None:
+    """A usable notified result of the bot's codes that carries no exact, plausible value or no
+    time cannot be evidence: say so rather than silently compute from older data."""
+    if not (notified.usable and notified.has_loinc(*loincs)):
+        return None
+    if (refusal := refusal_of(notified)) is not None:
+        return refusal
+    if measurement_of(notified) is None:
         return NoResult(
             f"{notified.reference} has no valueQuantity (value and unit) or no effective time",
             INVALID_INPUT,
@@ -209,6 +276,8 @@ def evaluate_bmi(event: BotEvent, context: BotContext) -> BmiEvaluation | list[E
             )
         ]
     weight = weights[-1]
+    if (dead := deceased(context.patient)) is not None:
+        return [dead]
     birth_date = patient_birth_date(context.patient)
     if isinstance(birth_date, NoResult):
         return [birth_date]
@@ -221,5 +290,10 @@ def evaluate_bmi(event: BotEvent, context: BotContext) -> BmiEvaluation | list[E
         birth_date=birth_date,
     )
     if result.value is None or height is None:
+        left_out = refused_in(views, BODY_HEIGHT_LOINC, since=weight.effective_at - HEIGHT_LOOKBACK)
+        if height is None and left_out:
+            # Say which heights were refused, rather than only "no height".
+            reasons = "; ".join(n.reason for n in left_out)
+            return [NoResult(f"{result.reason}. Left out: {reasons}", left_out[0].outcome)]
         return [no_result_of(result)]
     return BmiEvaluation(result=result, value=result.value, weight=weight, height=height)

@@ -41,6 +41,7 @@ from app.clinical.blood_pressure import (
     pair_readings,
 )
 from app.clinical.evidence import ADULT_AGE_YEARS, age_in_years
+from app.clinical.plausibility import check
 from app.clinical.result import round_half_up
 from app.fhir.units import UnitConversionError, convert
 from app.fhir.views import LOINC, ObservationView
@@ -51,11 +52,13 @@ from bots._observations import (
     TimedObservation,
     cite,
     day,
+    deceased,
     merge_observations,
     notified_observation,
     observation_search,
     patient_birth_date,
     patient_reference,
+    refusal_of,
     trigger_criteria,
     usable_measurements,
 )
@@ -84,7 +87,7 @@ CATEGORY_LABELS: dict[str, str] = {
 
 DECLARATION = BotDeclaration(
     name="blood-pressure",
-    version="1.0.0",
+    version="1.1.0",
     title="Blood pressure average and hypertensive crisis",
     citation=ACC_AHA_2017,
     trigger=Trigger(
@@ -118,9 +121,33 @@ class SourcedReading:
 
 
 def _component(view: ObservationView, loinc: str) -> tuple[float, str] | None:
+    """The component's exact, plausible value (a bound or an implausible value is none)."""
     for component in view.components:
-        if component.has_code(LOINC, loinc) and component.value is not None:
-            return component.value.value, component.value.unit
+        value = component.value
+        if (
+            component.has_code(LOINC, loinc)
+            and value is not None
+            and check(loinc, value.value, value.unit, value.comparator) is None
+        ):
+            return value.value, value.unit
+    return None
+
+
+def notified_refusal(notified: ObservationView) -> NoResult | None:
+    """Why the notified reading cannot be used: its value (a single systolic or diastolic)
+    or a panel component is inexact, implausible or in a mislabelled unit."""
+    if not (notified.usable and notified.has_loinc(*PANEL_LOINCS, SYSTOLIC_LOINC, DIASTOLIC_LOINC)):
+        return None
+    if not notified.has_loinc(*PANEL_LOINCS):
+        return refusal_of(notified)
+    for component in notified.components:
+        value = component.value
+        for loinc in (SYSTOLIC_LOINC, DIASTOLIC_LOINC):
+            if value is None or not component.has_code(LOINC, loinc):
+                continue
+            refusal = check(loinc, value.value, value.unit, value.comparator)
+            if refusal is not None:
+                return NoResult(f"{notified.reference}: {refusal.reason}", refusal.outcome.value)
     return None
 
 
@@ -247,6 +274,7 @@ def crisis_task(notified_reading: SourcedReading, notified: ObservationView) -> 
         priority="urgent",
         evidence=evidence,
         citation=suggestion.citation,
+        evidence_time=reading.taken_at,
     )
 
 
@@ -291,6 +319,7 @@ def average_effects(
             priority="routine",
             evidence=evidence,
             citation=ACC_AHA_2017,
+            evidence_time=newest,
         ),
     ]
 
@@ -303,6 +332,10 @@ class BloodPressureBot:
         notified = notified_observation(event)
         if isinstance(notified, list):
             return notified
+        if (refused := notified_refusal(notified)) is not None:
+            return [refused]
+        if (dead := deceased(context.patient)) is not None:
+            return [dead]
         views = merge_observations(
             notified, context.observations(READINGS), patient_reference(event, notified)
         )

@@ -6,6 +6,7 @@ Logic: docs/CLINICAL_LOGIC.md "BMI" (``app.clinical.bmi``); mapping: docs/BOTS.m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from app.botkit.declaration import (
     BotContext,
@@ -32,6 +33,9 @@ from bots._observations import (
     quantity_text,
 )
 
+if TYPE_CHECKING:
+    from datetime import datetime
+
 BMI_DISPLAY = "Body mass index (BMI) [Ratio]"
 
 # Labels of the WHO adult classes (WHO TRS 894, Table 2.1) as a clinician reads them.
@@ -46,7 +50,7 @@ CATEGORY_LABELS: dict[str, str] = {
 
 DECLARATION = BotDeclaration(
     name="bmi",
-    version="1.0.0",
+    version="1.1.0",
     title="Body mass index",
     citation=WHO_BMI_CLASSIFICATION,
     trigger=bmi_trigger(),
@@ -64,6 +68,12 @@ def category_label(category: str | None) -> str:
 
 def evidence_of(evaluation: BmiEvaluation) -> tuple[Evidence, ...]:
     return (Evidence.of(evaluation.weight.view), Evidence.of(evaluation.height.view))
+
+
+def evidence_time_of(evaluation: BmiEvaluation) -> datetime:
+    """The clinical time of a BMI's newest evidence (the height is never later than the
+    weight, but the rule is stated, not assumed)."""
+    return max(evaluation.weight.effective_at, evaluation.height.effective_at)
 
 
 def bmi_sentence(evaluation: BmiEvaluation) -> str:
@@ -110,6 +120,7 @@ class BmiBot:
                 priority="routine",
                 evidence=evidence,
                 citation=WHO_BMI_CLASSIFICATION,
+                evidence_time=evidence_time_of(evaluation),
             ),
         ]
 

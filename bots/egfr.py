@@ -45,6 +45,7 @@ from bots._observations import (
     TimedObservation,
     cite,
     day,
+    deceased,
     malformed_notified,
     merge_observations,
     no_result_of,
@@ -78,7 +79,7 @@ CKD_REVIEW_DISPLAY = "Referral to nephrologist (procedure)"
 
 DECLARATION = BotDeclaration(
     name="egfr",
-    version="1.0.0",
+    version="1.1.0",
     title="eGFR (CKD-EPI 2021) and CKD review",
     citation=CKD_EPI_2021,
     trigger=Trigger(
@@ -175,6 +176,7 @@ def ckd_effects(series: list[EgfrValue]) -> list[Effect]:
             priority="urgent" if suggestion.urgent else "routine",
             evidence=evidence,
             citation=suggestion.citation,
+            evidence_time=max(value.creatinine.effective_at for value in run),
         ),
     ]
 
@@ -199,6 +201,8 @@ class EgfrBot:
             ]
         if (malformed := malformed_notified(notified, *CREATININE_LOINCS)) is not None:
             return [malformed]
+        if (dead := deceased(context.patient)) is not None:
+            return [dead]
         birth_date = patient_birth_date(context.patient)
         if isinstance(birth_date, NoResult):
             return [birth_date]
@@ -238,6 +242,7 @@ class EgfrBot:
                 priority="routine",
                 evidence=evidence,
                 citation=CKD_EPI_2021,
+                evidence_time=current.effective_at,
             ),
         ]
         # The persistence rule as of the notified specimen: results up to its time.

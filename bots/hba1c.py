@@ -1,7 +1,10 @@
-"""HbA1c bot: diabetes range without known diabetes -> a proposed confirmatory test; the
+"""HbA1c bot: diabetes range without known diabetes -> a proposed confirmatory test (or, with
+an earlier result in the diabetes range too, a Task saying the criteria are met); the
 prediabetes range -> a routine review Task.
 
-Logic: docs/CLINICAL_LOGIC.md "HbA1c" (``app.clinical.hba1c``).
+Reads HbA1c in % (4548-4, 17856-6 by HPLC, 4549-2 by electrophoresis) and IFCC mmol/mol
+(59261-8, converted to NGSP % by the master equation). Logic: docs/CLINICAL_LOGIC.md "HbA1c"
+(``app.clinical.hba1c``).
 """
 
 from __future__ import annotations
@@ -24,27 +27,35 @@ from app.botkit.declaration import (
 from app.clinical.hba1c import (
     ADA_2025_DIAGNOSIS,
     DIABETES_HBA1C_PERCENT,
-    HBA1C_LOINC,
+    HBA1C_LOINCS,
     PREDIABETES_HBA1C_PERCENT,
     Hba1cCategory,
+    diabetes_confirmed_suggestion,
     diabetes_evaluation_suggestion,
     hba1c,
 )
+from app.clinical.result import MetricResult
 from app.fhir.views import SNOMED, ConditionView
 from bots._observations import (
     INVALID_INPUT,
     NOT_USABLE,
+    TimedObservation,
     cite,
     day,
-    measurement_of,
+    deceased,
+    malformed_notified,
+    merge_observations,
     no_result_of,
     notified_observation,
+    observation_search,
     patient_reference,
     quantity_text,
     trigger_criteria,
+    usable_measurements,
 )
 
 CONDITIONS = "glycaemic-conditions"
+HISTORY = "hba1c"
 
 # SNOMED CT disorders that mean diabetes is already known (International Edition): the
 # generic concept, types 1 and 2, and the diabetic complications Synthea records.
@@ -70,15 +81,16 @@ _CONDITION_CODES = ",".join(
 
 DECLARATION = BotDeclaration(
     name="hba1c",
-    version="1.0.0",
+    version="1.1.0",
     title="HbA1c: diabetes evaluation and prediabetes",
     citation=ADA_2025_DIAGNOSIS,
     trigger=Trigger(
         resource_type="Observation",
-        criteria=trigger_criteria(HBA1C_LOINC),
+        criteria=trigger_criteria(*HBA1C_LOINCS),
         interactions=(Interaction.CREATE, Interaction.UPDATE, Interaction.DELETE),
     ),
     prefetch=(
+        Prefetch(HISTORY, observation_search(*HBA1C_LOINCS, count=20)),
         Prefetch(
             CONDITIONS,
             "Condition?subject={{patient}}&clinical-status=active,recurrence,relapse"
@@ -87,7 +99,8 @@ DECLARATION = BotDeclaration(
     ),
     description=(
         "HbA1c >= 6.5 % without an active diabetes Condition proposes a confirmatory HbA1c "
-        "test; 5.7-6.4 % without known diabetes or prediabetes opens a routine Task."
+        "test (a Task that the criteria are met when an earlier result was >= 6.5 % too); "
+        "5.7-6.4 % without known diabetes or prediabetes opens a routine Task."
     ),
 )
 
@@ -101,6 +114,19 @@ def _known(conditions: list[ConditionView], codes: set[str]) -> ConditionView | 
     return None
 
 
+def _earlier_in_diabetes_range(
+    series: list[TimedObservation], current: TimedObservation
+) -> tuple[TimedObservation, MetricResult] | None:
+    """The newest usable HbA1c taken before ``current`` whose result is >= 6.5 %."""
+    for item in reversed(series):
+        if item.effective_at >= current.effective_at:
+            continue
+        result = hba1c(value=item.measurement.value, unit=item.measurement.unit)
+        if result.value is not None and result.value >= DIABETES_HBA1C_PERCENT:
+            return item, result
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Hba1cBot:
     declaration: BotDeclaration = DECLARATION
@@ -109,8 +135,13 @@ class Hba1cBot:
         notified = notified_observation(event)
         if isinstance(notified, list):
             return notified
-        if not notified.has_loinc(HBA1C_LOINC):
-            return [NoResult(f"{notified.reference} is not an HbA1c (4548-4)", INVALID_INPUT)]
+        if not notified.has_loinc(*HBA1C_LOINCS):
+            return [
+                NoResult(
+                    f"{notified.reference} is not an HbA1c ({', '.join(HBA1C_LOINCS)})",
+                    INVALID_INPUT,
+                )
+            ]
         if not notified.usable:
             return [
                 NoResult(
@@ -119,19 +150,18 @@ class Hba1cBot:
                     NOT_USABLE,
                 )
             ]
-        measurement = measurement_of(notified)
-        if measurement is None:
-            return [
-                NoResult(
-                    f"{notified.reference} has no valueQuantity (value and unit) or no "
-                    "effective time",
-                    INVALID_INPUT,
-                )
-            ]
+        if (malformed := malformed_notified(notified, *HBA1C_LOINCS)) is not None:
+            return [malformed]
+        if (dead := deceased(context.patient)) is not None:
+            return [dead]
+        patient = patient_reference(event, notified)
+        views = merge_observations(notified, context.observations(HISTORY), patient)
+        series = usable_measurements(views, *HBA1C_LOINCS)
+        current = next(c for c in series if c.view.reference == notified.reference)
+        measurement = current.measurement
         result = hba1c(value=measurement.value, unit=measurement.unit)
         if result.value is None:
             return [no_result_of(result)]
-        patient = patient_reference(event, notified)
         conditions = [
             condition
             for condition in context.conditions(CONDITIONS)
@@ -149,6 +179,29 @@ class Hba1cBot:
         suggestion = diabetes_evaluation_suggestion(
             result, has_active_diabetes=diabetes is not None
         )
+        earlier = _earlier_in_diabetes_range(series, current)
+        if suggestion is not None and earlier is not None:
+            earlier_view, earlier_result = earlier
+            confirmed = diabetes_confirmed_suggestion(
+                result, earlier_result, has_active_diabetes=diabetes is not None
+            )
+            if confirmed is not None:
+                both = (evidence[0], Evidence.of(earlier_view.view))
+                return [
+                    OpenReviewTask(
+                        slot="diabetes-evaluation",
+                        title=confirmed.title,
+                        rationale=(
+                            f"{shown}; earlier HbA1c {earlier_result.value:.1f} % on "
+                            f"{day(earlier_view.effective_at)} ({earlier_view.view.reference}). "
+                            f"{confirmed.rationale} {cite(confirmed.citation)}"
+                        ),
+                        priority="routine",
+                        evidence=both,
+                        citation=confirmed.citation,
+                        evidence_time=measurement.effective_at,
+                    )
+                ]
         if suggestion is not None:
             return [
                 ProposeRequest(
@@ -166,6 +219,7 @@ class Hba1cBot:
                     priority="urgent" if suggestion.urgent else "routine",
                     evidence=evidence,
                     citation=suggestion.citation,
+                    evidence_time=measurement.effective_at,
                 ),
             ]
         if result.category != Hba1cCategory.PREDIABETES or diabetes is not None:
@@ -186,6 +240,7 @@ class Hba1cBot:
                 priority="routine",
                 evidence=evidence,
                 citation=ADA_2025_DIAGNOSIS,
+                evidence_time=measurement.effective_at,
             )
         ]
 

@@ -25,7 +25,7 @@ from bots._observations import (
     cite,
     evaluate_bmi,
 )
-from bots.bmi import bmi_sentence, evidence_of
+from bots.bmi import bmi_sentence, evidence_of, evidence_time_of
 
 # SNOMED CT 408289007 |Refer to weight management program (procedure)| (International
 # Edition; SNOMED CT browser, https://browser.ihtsdotools.org/?perspective=full&conceptId1=408289007).
@@ -35,7 +35,7 @@ WEIGHT_MANAGEMENT_DISPLAY = "Refer to weight management program (procedure)"
 
 DECLARATION = BotDeclaration(
     name="obesity",
-    version="1.0.0",
+    version="1.1.0",
     title="Weight-management counselling for adult obesity",
     citation=USPSTF_2018_WEIGHT_LOSS,
     trigger=bmi_trigger(),
@@ -77,6 +77,7 @@ class ObesityBot:
                 priority="urgent" if suggestion.urgent else "routine",
                 evidence=evidence,
                 citation=suggestion.citation,
+                evidence_time=evidence_time_of(evaluation),
             ),
         ]
 

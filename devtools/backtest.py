@@ -300,7 +300,20 @@ def context_at(bot: Bot, history: PatientHistory, moment: datetime) -> BotContex
         prefetch.name: run_query(parse_query(prefetch.query), history.resources, moment)
         for prefetch in bot.declaration.prefetch
     }
-    return BotContext(patient=PatientView(history.patient), prefetched=prefetched, now=moment)
+    return BotContext(
+        patient=PatientView(patient_as_of(history.patient, moment)),
+        prefetched=prefetched,
+        now=moment,
+    )
+
+
+def patient_as_of(patient: JSONObject, moment: datetime) -> JSONObject:
+    """The Patient as the chart stood at ``moment``: a death recorded after it had not happened
+    yet (a history replayed today must not see every earlier result as after death)."""
+    died = parse_datetime(get_str(patient, "deceasedDateTime"))
+    if died is None or died <= moment:
+        return patient
+    return {k: v for k, v in patient.items() if k not in ("deceasedDateTime", "deceasedBoolean")}
 
 
 def replay_history(

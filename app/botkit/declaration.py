@@ -139,6 +139,10 @@ class OpenReviewTask:
     priority: Literal["routine", "urgent"]
     evidence: tuple[Evidence, ...]
     citation: Citation
+    # The clinical time of the newest evidence (its effective time, not when it arrived).
+    # A suggestion supersedes a pending one of the same slot only when this is at least as
+    # recent as the pending one's; when None, the slot's ProposeObservation.effective is used.
+    evidence_time: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

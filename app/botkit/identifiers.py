@@ -24,6 +24,9 @@ STATUS_REASON_SYSTEM = f"{IDENTIFIER_BASE}/CodeSystem/status-reason"
 HANDLER_CODE_SYSTEM = f"{IDENTIFIER_BASE}/CodeSystem/handler"
 SUPERSEDED_BY_URL = f"{IDENTIFIER_BASE}/StructureDefinition/superseded-by"
 BOT_VERSION_URL = f"{IDENTIFIER_BASE}/StructureDefinition/bot-version"
+# On a review Task: the clinical time (effective time) of the newest evidence of its suggestion,
+# so that a late-arriving older result never supersedes a suggestion from newer evidence.
+EVIDENCE_TIME_URL = f"{IDENTIFIER_BASE}/StructureDefinition/evidence-time"
 TAG_SYSTEM = f"{IDENTIFIER_BASE}/CodeSystem/tags"
 TAG_CODE = "starvit-generated"
 RUN_SYSTEM = f"{IDENTIFIER_BASE}/sid/run"

@@ -5,7 +5,10 @@ Task and Provenance refer to each other through ``urn:uuid`` full URLs and trave
 one is a conditional create on a deterministic identifier, so a replayed event writes nothing
 new. A newer suggestion in the same slot supersedes the older pending Task of the same bot and
 patient (cancelled with ``statusReason`` "superseded" and a link to its successor) and
-withdraws its proposal.
+withdraws its proposal, but only when its evidence is at least as recent by clinical time (the
+evidence's effective time, recorded on the Task): results arrive late and out of order, and a
+late older result must not bury a suggestion made from newer evidence. Such a result opens
+nothing for the slot and is reported as a ``NoResult``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from app.botkit.declaration import (
     ProposeRequest,
 )
 from app.botkit.identifiers import (
+    EVIDENCE_TIME_URL,
     PROPOSAL_SYSTEM,
     PROVENANCE_SYSTEM,
     STATUS_REASON_SYSTEM,
@@ -38,8 +42,8 @@ from app.botkit.identifiers import (
 )
 from app.botkit.resources import observation, provenance, request, task
 from app.botkit.statuses import OPEN_TASK_STATUSES, proposal_status_after
-from app.fhir.resource_json import JSONObject, JSONValue
-from app.fhir.views import ResourceView, TaskView
+from app.fhir.resource_json import JSONObject, JSONValue, get_objects, get_str
+from app.fhir.views import ResourceView, TaskView, parse_datetime
 from app.fhir.writes import PlannedWrite, strip_meta
 
 
@@ -137,6 +141,33 @@ def _withdraw_proposal(view: ResourceView, reason: str) -> list[PlannedWrite]:
     return [PlannedWrite("PUT", strip_meta(withdrawn), if_match_version=view.version_id)]
 
 
+# NoResult outcome of a suggestion refused because a pending one rests on newer evidence.
+OLDER_THAN_PENDING = "older_than_pending"
+
+
+def task_evidence_time(task: TaskView) -> datetime | None:
+    """The clinical time of the newest evidence of a pending Task (``EVIDENCE_TIME_URL``);
+    None for a Task written without it."""
+    for extension in get_objects(task.json, "extension"):
+        if get_str(extension, "url") == EVIDENCE_TIME_URL:
+            return parse_datetime(get_str(extension, "valueDateTime"))
+    return None
+
+
+def _newer_pending(candidates: list[TaskView], evidence_time: datetime | None) -> TaskView | None:
+    """A pending Task of the slot whose evidence is more recent than ``evidence_time``.
+
+    Without a time on either side nothing can be compared, and the newer suggestion wins as
+    it always did (Tasks written before the time was recorded carry none)."""
+    if evidence_time is None:
+        return None
+    for old in candidates:
+        old_time = task_evidence_time(old)
+        if old_time is not None and old_time > evidence_time:
+            return old
+    return None
+
+
 def evidence_key(evidence: tuple[Evidence, ...]) -> str:
     return ",".join(sorted(e.versioned for e in evidence))
 
@@ -176,6 +207,27 @@ def plan_writes(
     for slot, review in tasks.items():
         evidence = review.evidence
         key = _slot_key(declaration, patient, slot, evidence)
+        evidence_time = review.evidence_time
+        if evidence_time is None and (proposed_obs := observations.get(slot)) is not None:
+            evidence_time = proposed_obs.effective
+        code = task_code(declaration.name, slot)
+        same_slot = [
+            old
+            for old in pending_tasks
+            if old.identifier_value(TASK_SYSTEM) != key
+            and old.status in OPEN_TASK_STATUSES
+            and any(c.get("code") == code for c in _task_codings(old))
+        ]
+        if evidence_time is not None and (newer := _newer_pending(same_slot, evidence_time)):
+            plan.no_results.append(
+                NoResult(
+                    f"{slot}: evidence of {evidence_time.isoformat()} is older than the pending "
+                    f"suggestion's evidence ({newer.reference}, evidence of "
+                    f"{_iso(task_evidence_time(newer))}); the pending suggestion stands",
+                    OLDER_THAN_PENDING,
+                )
+            )
+            continue
         writes: list[PlannedWrite] = []
         targets: list[str] = []
         focus_url: str | None = None
@@ -207,7 +259,16 @@ def plan_writes(
         writes.append(
             PlannedWrite(
                 "POST",
-                task(review, key, patient, focus_url, declaration, now, due_days),
+                task(
+                    review,
+                    key,
+                    patient,
+                    focus_url,
+                    declaration,
+                    now,
+                    due_days,
+                    evidence_time=evidence_time,
+                ),
                 full_url=task_url,
                 if_none_exist=f"identifier={TASK_SYSTEM}|{key}",
             )
@@ -225,15 +286,15 @@ def plan_writes(
                 if_none_exist=f"_tag={PROVENANCE_SYSTEM}|{provenance_key}",
             )
         )
-        code = task_code(declaration.name, slot)
-        for old in pending_tasks:
-            if old.identifier_value(TASK_SYSTEM) == key or old.status not in OPEN_TASK_STATUSES:
-                continue
-            if any(c.get("code") == code for c in _task_codings(old)):
-                focus = (pending_focus or {}).get(old.focus or "")
-                writes.extend(_supersede(old, key, focus, now))
+        for old in same_slot:
+            focus = (pending_focus or {}).get(old.focus or "")
+            writes.extend(_supersede(old, key, focus, now))
         plan.slots.append(SlotPlan(slot=slot, writes=writes, task_key=key))
     return plan
+
+
+def _iso(moment: datetime | None) -> str:
+    return moment.isoformat() if moment is not None else "unknown"
 
 
 def _task_codings(task: TaskView) -> list[JSONObject]:

@@ -18,6 +18,7 @@ from app.botkit.declaration import (
 from app.botkit.identifiers import (
     BOT_DEVICE_SYSTEM,
     BOT_VERSION_URL,
+    EVIDENCE_TIME_URL,
     PROPOSAL_SYSTEM,
     PROVENANCE_SYSTEM,
     TASK_CODE_SYSTEM,
@@ -153,13 +154,18 @@ def task(  # noqa: PLR0917 - internal builder, called once
     declaration: BotDeclaration,
     now: datetime,
     due_days: int,
+    *,
+    evidence_time: datetime | None = None,
 ) -> JSONObject:
+    extensions: list[JSONValue] = [
+        {"url": BOT_VERSION_URL, "valueString": f"{declaration.name}@{declaration.version}"}
+    ]
+    if evidence_time is not None:
+        extensions.append({"url": EVIDENCE_TIME_URL, "valueDateTime": evidence_time.isoformat()})
     return {
         "resourceType": "Task",
         "meta": {"tag": [tag()]},
-        "extension": [
-            {"url": BOT_VERSION_URL, "valueString": f"{declaration.name}@{declaration.version}"}
-        ],
+        "extension": extensions,
         "identifier": [{"system": TASK_SYSTEM, "value": key}],
         "status": "requested",
         "businessStatus": {"text": "Awaiting clinician review"},

@@ -2,8 +2,11 @@
 
 Every number comes from ``app.clinical`` (the code the bots run); this module only
 parses arguments and prints. Exit status: 0 when the calculation ran (also when it gives no
-result for a clinical reason, e.g. an age under 18, which is printed with its reason), 2 for
-bad input (unknown or mismatched unit, non-positive value, malformed or missing option).
+result for a clinical reason, e.g. an age under 20 for BMI, which is printed with its reason),
+2 for bad input (unknown or mismatched unit, non-positive value, malformed or missing option)
+and for a value the bots would refuse too: outside the plausible range of its kind
+(``app.clinical.plausibility``: an age of 140, a creatinine of 0.01 mg/dL), or plausible only
+in another unit (an HbA1c of 45 %).
 """
 
 from __future__ import annotations
@@ -22,11 +25,21 @@ from app.clinical.blood_pressure import (
     assess_blood_pressure,
     hypertensive_crisis_suggestion,
 )
-from app.clinical.bmi import BMI_DECIMALS, bmi
+from app.clinical.bmi import BMI_ADULT_AGE_YEARS, BMI_DECIMALS, bmi
 from app.clinical.egfr import EGFR_DECIMALS, egfr_ckd_epi_2021
-from app.clinical.evidence import ADULT_AGE_YEARS
 from app.clinical.hba1c import HBA1C_DECIMALS, diabetes_evaluation_suggestion, hba1c
 from app.clinical.obesity import weight_management_suggestion
+from app.clinical.plausibility import (
+    BODY_HEIGHT,
+    BODY_WEIGHT,
+    CREATININE,
+    DIASTOLIC,
+    HBA1C,
+    SYSTOLIC,
+    Refusal,
+    check_age,
+    check_value,
+)
 from app.clinical.result import Outcome
 
 if TYPE_CHECKING:
@@ -68,12 +81,17 @@ def bmi_command(
 
     Example: --weight 180 --weight-unit [lb_av] --height 70 --height-unit [in_i]
     """
+    _refuse(
+        check_value(BODY_WEIGHT, weight, weight_unit),
+        check_value(BODY_HEIGHT, height, height_unit),
+        check_age(age) if age is not None else None,
+    )
     result = bmi(
         weight=weight,
         weight_unit=weight_unit,
         height=height,
         height_unit=height_unit,
-        age_years=ADULT_AGE_YEARS if age is None else age,
+        age_years=BMI_ADULT_AGE_YEARS if age is None else age,
     )
     _print_metric(
         "BMI", result, BMI_DECIMALS, [weight_management_suggestion(result)], as_json=as_json
@@ -95,6 +113,7 @@ def egfr_command(
 
     Example: --creatinine 1.2 --unit mg/dL --age 60 --sex female
     """
+    _refuse(check_value(CREATININE, creatinine, unit), check_age(age))
     result = egfr_ckd_epi_2021(
         creatinine=creatinine, creatinine_unit=unit, age_years=age, sex=sex.strip().lower()
     )
@@ -116,6 +135,7 @@ def hba1c_command(
 
     Example: --value 6.7 (or --value 50 --unit mmol/mol; add --has-diabetes when known)
     """
+    _refuse(check_value(HBA1C, value, unit))
     result = hba1c(value=value, unit=unit)
     suggestion = diabetes_evaluation_suggestion(result, has_active_diabetes=has_diabetes)
     _print_metric("HbA1c", result, HBA1C_DECIMALS, [suggestion], as_json=as_json)
@@ -144,6 +164,11 @@ def bp_command(
     Example: --reading 142/91@2024-05-01 --reading 138/88@2024-05-08
     """
     readings, note = _parse_readings(reading, unit)
+    for parsed in readings:
+        _refuse(
+            check_value(SYSTOLIC, parsed.systolic, unit),
+            check_value(DIASTOLIC, parsed.diastolic, unit),
+        )
     assessment = assess_blood_pressure(readings)
     if assessment.outcome is Outcome.INVALID_INPUT:
         _fail(assessment.reason or "invalid blood pressure reading")
@@ -317,6 +342,13 @@ def _echo_suggestion(suggestion: Suggestion | None) -> None:
 
 def _echo_json(document: dict[str, JsonValue]) -> None:
     typer.echo(json.dumps(document, ensure_ascii=False))
+
+
+def _refuse(*refusals: Refusal | None) -> None:
+    """Exit 2 with the first refusal's reason: the value is not computed from, as in the bots."""
+    for refusal in refusals:
+        if refusal is not None:
+            _fail(f"{refusal.outcome}: {refusal.reason}")
 
 
 def _fail(message: str) -> NoReturn:

@@ -10,7 +10,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from app.clinical.evidence import ADULT_AGE_YEARS, Measurement, Timed, age_in_years
+from app.clinical.evidence import Measurement, Timed, age_in_years
 from app.clinical.result import (
     Citation,
     MetricResult,
@@ -35,8 +35,24 @@ BMI_DECIMALS = 1
 # with it; a later height is never used for an earlier weight.
 HEIGHT_LOOKBACK = timedelta(days=365)
 
-UNDER_18_REASON = "BMI percentile needed for under-18s"
+# The WHO adult classes apply from 20 years: children and teens are assessed by BMI-for-age
+# percentiles through 19 (CDC growth charts for ages 2-19; WHO growth reference 5-19 years).
+BMI_ADULT_AGE_YEARS = 20
+UNDER_20_REASON = (
+    "BMI-for-age percentile needed under 20: the adult BMI categories apply from age 20 "
+    "(WHO and CDC use BMI-for-age through 19)"
+)
 
+CDC_BMI_FOR_AGE = Citation(
+    title="About Child and Teen BMI (BMI-for-age percentiles, ages 2 through 19)",
+    source="Centers for Disease Control and Prevention",
+    url="https://www.cdc.gov/bmi/child-teen-calculator/bmi-categories.html",
+)
+WHO_GROWTH_REFERENCE_5_19 = Citation(
+    title="Growth reference data for 5-19 years (BMI-for-age)",
+    source="World Health Organization. WHO Reference 2007",
+    url="https://www.who.int/tools/growth-reference-data-for-5to19-years",
+)
 WHO_BMI_CLASSIFICATION = Citation(
     title=(
         "Obesity: preventing and managing the global epidemic. Report of a WHO consultation "
@@ -82,7 +98,7 @@ def bmi(
     """Adult BMI from a weight and a height in any UCUM mass and length units.
 
     No result (``value`` None, ``reason`` set) for a non-positive or non-finite input, a unit
-    that is not UCUM mass (weight) or length (height), or an age under 18.
+    that is not UCUM mass (weight) or length (height), or an age under 20.
     """
     for name, magnitude in (("weight", weight), ("height", height)):
         if (problem := invalid_magnitude(name, magnitude)) is not None:
@@ -97,8 +113,8 @@ def bmi(
         height_m = convert(height, height_unit, "m")
     except UnitConversionError as exc:
         return _no_bmi(Outcome.INVALID_INPUT, f"height unit: {exc}")
-    if age_years < ADULT_AGE_YEARS:
-        return _no_bmi(Outcome.NOT_APPLICABLE, UNDER_18_REASON)
+    if age_years < BMI_ADULT_AGE_YEARS:
+        return _no_bmi(Outcome.NOT_APPLICABLE, UNDER_20_REASON)
     unrounded = weight_kg / height_m**2
     value = round_half_up(unrounded, BMI_DECIMALS)
     return MetricResult.computed(

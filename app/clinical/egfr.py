@@ -44,10 +44,11 @@ ACCEPTED_CREATININE_LOINCS = frozenset(
 
 # Creatinine molar mass 113.12 g/mol (C4H7N3O; PubChem CID 588): converting an amount of
 # substance (umol/L) into a mass concentration is chemistry, not a unit conversion. The factor
-# used is the conventional 1 mg/dL = 88.42 umol/L (10 000 / 113.12 gives 88.40; the 0.02 %
-# difference never moves a whole-number eGFR by more than rounding).
+# is 1 mg/dL = 88.4 umol/L (10 000 / 113.12 = 88.40), the factor KDIGO 2012 (CKD guideline,
+# "Notice": creatinine 1 mg/dL = 88.4 umol/L) and the CKD-EPI publications use; the older
+# 88.42 moved results at the G-stage boundaries (tests/unit/clinical/test_egfr.py).
 CREATININE_MOLAR_MASS_G_PER_MOL = 113.12
-CREATININE_UMOL_PER_L_PER_MG_PER_DL = 88.42
+CREATININE_UMOL_PER_L_PER_MG_PER_DL = 88.4
 
 # CKD-EPI 2021 creatinine equation without race, eGFRcr (Inker et al. 2021).
 CKD_EPI_2021_MULTIPLIER = 142.0

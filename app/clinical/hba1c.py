@@ -1,4 +1,5 @@
-"""HbA1c (LOINC 4548-4, NGSP %): ADA diagnostic categories and the diabetes-evaluation rule."""
+"""HbA1c (NGSP % and IFCC mmol/mol): ADA diagnostic categories and the diabetes-evaluation
+rule."""
 
 from __future__ import annotations
 
@@ -13,8 +14,17 @@ from app.clinical.result import (
     invalid_magnitude,
     round_half_up,
 )
+from app.fhir.units import UnitConversionError
 
 HBA1C_LOINC = "4548-4"  # Hemoglobin A1c/Hemoglobin.total in Blood (%)
+# The same measurand by named methods, also reported in % (LOINC): by HPLC, by electrophoresis.
+HBA1C_HPLC_LOINC = "17856-6"
+HBA1C_ELECTROPHORESIS_LOINC = "4549-2"
+HBA1C_PERCENT_LOINCS = (HBA1C_LOINC, HBA1C_HPLC_LOINC, HBA1C_ELECTROPHORESIS_LOINC)
+# Hemoglobin A1c/Hemoglobin.total in Blood by IFCC protocol (mmol/mol): converted to NGSP %
+# by the master equation below.
+HBA1C_IFCC_LOINC = "59261-8"
+HBA1C_LOINCS = (*HBA1C_PERCENT_LOINCS, HBA1C_IFCC_LOINC)
 HBA1C_UNIT = "%"
 HBA1C_DECIMALS = 1  # NGSP-certified results are reported to one decimal
 
@@ -72,17 +82,13 @@ def hba1c(*, value: float, unit: str = HBA1C_UNIT) -> MetricResult:
     """
     if (problem := invalid_magnitude("HbA1c", value)) is not None:
         return _no_hba1c(Outcome.INVALID_INPUT, problem)
-    supporting_citations: tuple[Citation, ...] = ()
-    if _means(unit, HBA1C_UNIT):
-        percent = value
-    elif _means(unit, IFCC_UNIT):
-        percent = IFCC_TO_NGSP_SLOPE * value + IFCC_TO_NGSP_INTERCEPT
-        supporting_citations = (IFCC_NGSP_MASTER_EQUATION,)
-    else:
-        return _no_hba1c(
-            Outcome.INVALID_INPUT,
-            f"HbA1c unit {unit!r} is not supported: give NGSP % or IFCC mmol/mol",
-        )
+    try:
+        percent = hba1c_percent(value, unit)
+    except UnitConversionError as exc:
+        return _no_hba1c(Outcome.INVALID_INPUT, str(exc))
+    supporting_citations: tuple[Citation, ...] = (
+        (IFCC_NGSP_MASTER_EQUATION,) if _means(unit, IFCC_UNIT) else ()
+    )
     if percent > 100:
         return _no_hba1c(Outcome.INVALID_INPUT, f"HbA1c of {percent:g} % is above 100 %")
     reported = round_half_up(percent, HBA1C_DECIMALS)
@@ -94,6 +100,19 @@ def hba1c(*, value: float, unit: str = HBA1C_UNIT) -> MetricResult:
         citation=ADA_2025_DIAGNOSIS,
         supporting_citations=supporting_citations,
     )
+
+
+def hba1c_percent(value: float, unit: str) -> float:
+    """An HbA1c on the NGSP % scale: ``%`` as is, ``mmol/mol`` (IFCC) by the master equation.
+
+    Raises ``UnitConversionError`` for any other unit.
+    """
+    if _means(unit, HBA1C_UNIT):
+        return value
+    if _means(unit, IFCC_UNIT):
+        return IFCC_TO_NGSP_SLOPE * value + IFCC_TO_NGSP_INTERCEPT
+    msg = f"HbA1c unit {unit!r} is not supported: give NGSP % or IFCC mmol/mol"
+    raise UnitConversionError(msg)
 
 
 def diabetes_evaluation_suggestion(
@@ -115,6 +134,35 @@ def diabetes_evaluation_suggestion(
             "diabetes condition is recorded. ADA Standards of Care 2025: A1C >= 6.5 % meets "
             "the diagnostic criterion; without unequivocal hyperglycaemia, confirm with a "
             "second abnormal test."
+        ),
+        citation=ADA_2025_DIAGNOSIS,
+    )
+
+
+def diabetes_confirmed_suggestion(
+    result: MetricResult, earlier: MetricResult, *, has_active_diabetes: bool
+) -> Suggestion | None:
+    """Two HbA1c results in the diabetes range (this one and an earlier one) meet the ADA
+    criterion: ADA 2025, section 2: "in the absence of unequivocal hyperglycemia, diagnosis
+    requires two abnormal test results from the same sample or in two separate test samples".
+    A further confirmatory test is then not what to suggest; recording the diagnosis is."""
+    if (
+        diabetes_evaluation_suggestion(result, has_active_diabetes=has_active_diabetes) is None
+        or diabetes_evaluation_suggestion(earlier, has_active_diabetes=False) is None
+        or result.value is None
+        or earlier.value is None
+    ):
+        return None
+    return Suggestion(
+        title=(
+            f"Diabetes criteria met: HbA1c {result.value:g} % and earlier {earlier.value:g} % "
+            "both in the diabetes range"
+        ),
+        rationale=(
+            f"HbA1c {result.value:g} % and an earlier result of {earlier.value:g} % are both "
+            f"{DIABETES_HBA1C_PERCENT:g} % or higher and no active diabetes condition is "
+            "recorded. ADA Standards of Care 2025, section 2: two abnormal results confirm the "
+            "diagnosis; consider recording diabetes and starting care."
         ),
         citation=ADA_2025_DIAGNOSIS,
     )

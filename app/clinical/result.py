@@ -32,6 +32,10 @@ class Outcome(StrEnum):
     INVALID_INPUT = "invalid_input"  # unknown or mismatched unit, negative or non-finite value
     NOT_APPLICABLE = "not_applicable"  # outside the population the method covers (age, sex)
     INSUFFICIENT_EVIDENCE = "insufficient_evidence"  # e.g. no recent height, < 2 BP occasions
+    # Refused by app.clinical.plausibility: never computed from, never guessed around.
+    IMPLAUSIBLE_VALUE = "implausible_value"  # outside what a living person can measure
+    UNIT_MISLABELLED = "unit_mislabelled"  # implausible as labelled, plausible in a usual unit
+    INEXACT_VALUE = "inexact_value"  # a bound ("<0.2"), not a value
 
 
 @dataclass(frozen=True, slots=True)

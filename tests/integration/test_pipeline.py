@@ -21,6 +21,7 @@ from app.integrations.medplum import MedplumForbidden
 from app.review.expiry import expire_tasks
 from app.settings import load_settings
 from app.wiring import medplum_client
+from bots.bmi import BOT as BMI
 from devtools.clinician import approve, login, reject
 from devtools.devserver import DevServer
 from tests.integration.conftest import STRICT_STANDIN, fresh_database
@@ -100,7 +101,7 @@ async def test_evidence_becomes_one_pending_suggestion_with_provenance(pipeline:
     )
     provenances = await pipeline.search("Provenance", target=task["focus"]["reference"])
     assert len(provenances) == 1
-    assert "bmi@1.0.0" in str(provenances[0]["agent"])
+    assert f"bmi@{BMI.declaration.version}" in str(provenances[0]["agent"])
     audits = await pipeline.search("AuditEvent", _tag=TAG)
     assert any(f"Observation/{weight['id']}" in str(a["entity"]) for a in audits)
     # Two Medplum round trips per processed event: one batch read, one transaction.
@@ -171,7 +172,7 @@ async def test_clinician_approval_finalises_and_rejection_retracts(pipeline: Pip
     verifier = [p for p in verifications if "verifier" in str(p["agent"])]
     assert len(verifier) == 1
     assert "Practitioner/clinician-alice" in str(verifier[0]["agent"])
-    assert "bmi@1.0.0" in str(verifier[0]["agent"])
+    assert f"bmi@{BMI.declaration.version}" in str(verifier[0]["agent"])
 
 
 async def test_a_status_change_by_a_non_clinician_is_refused(pipeline: Pipeline) -> None:

@@ -30,6 +30,7 @@ from app.subscriptions.service import (
 )
 from app.wiring import medplum_client
 from bots import ALL_BOTS
+from bots.bmi import BOT as BMI
 from devtools.devserver import (
     ADMIN_CLIENT_ID,
     ADMIN_CLIENT_SECRET,
@@ -223,7 +224,9 @@ async def test_sync_creates_everything_then_changes_nothing(
         "valueString": subscription_secret(SECRET, "bmi"),
     } in bmi["extension"]
 
-    devices = await admin.search("Device", {"identifier": f"{BOT_DEVICE_SYSTEM}|bmi@1.0.0"})
+    devices = await admin.search(
+        "Device", {"identifier": f"{BOT_DEVICE_SYSTEM}|bmi@{BMI.declaration.version}"}
+    )
     assert len(devices.resources) == 1
 
     second = await sync_subscriptions(service, settings)
@@ -233,7 +236,9 @@ async def test_sync_creates_everything_then_changes_nothing(
         s["meta"]["tag"][0]["code"]: s["meta"]["versionId"] for s in await our_subscriptions(admin)
     }
     assert after == {name: s["meta"]["versionId"] for name, s in stored.items()}
-    devices = await admin.search("Device", {"identifier": f"{BOT_DEVICE_SYSTEM}|bmi@1.0.0"})
+    devices = await admin.search(
+        "Device", {"identifier": f"{BOT_DEVICE_SYSTEM}|bmi@{BMI.declaration.version}"}
+    )
     assert len(devices.resources) == 1
 
 

@@ -22,7 +22,7 @@ def bp(
 
 def test_declaration() -> None:
     d = BOT.declaration
-    assert (d.name, d.version) == ("blood-pressure", "1.0.0")
+    assert (d.name, d.version) == ("blood-pressure", "1.1.0")
     for code in ("85354-9", "55284-4", "8480-6", "8462-4"):
         assert f"http://loinc.org|{code}" in d.trigger.criteria
     assert d.trigger.criteria.startswith("Observation?code=")

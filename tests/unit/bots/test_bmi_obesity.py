@@ -32,7 +32,7 @@ def bmi_effects(*resources: JSONObject, notified: JSONObject | None = None) -> l
 class TestDeclaration:
     def test_bmi(self) -> None:
         d = BMI.declaration
-        assert (d.name, d.version) == ("bmi", "1.0.0")
+        assert (d.name, d.version) == ("bmi", "1.1.0")
         assert (
             d.trigger.criteria
             == "Observation?code=http://loinc.org|29463-7,http://loinc.org|8302-2"
@@ -47,7 +47,7 @@ class TestDeclaration:
 
     def test_obesity(self) -> None:
         d = OBESITY.declaration
-        assert (d.name, d.version) == ("obesity", "1.0.0")
+        assert (d.name, d.version) == ("obesity", "1.1.0")
         assert d.trigger.criteria == BMI.declaration.trigger.criteria
         assert "USPSTF" in d.citation.source or "Preventive" in d.citation.source
 
@@ -134,12 +134,13 @@ class TestBmi:
         assert isinstance(no_result, NoResult)
         assert no_result.outcome == "insufficient_evidence"
 
-    def test_under_18(self) -> None:
+    @pytest.mark.parametrize("birth_date", ["2010-01-01", "2005-01-01"])  # 14 and 19
+    def test_under_20(self, birth_date: str) -> None:
         w = weight("w1", 60, "2024-05-02T09:30:00+01:00")
-        [no_result] = run(BMI, w, patient(birth_date="2010-01-01"), weights=[w], heights=[H])
+        [no_result] = run(BMI, w, patient(birth_date=birth_date), weights=[w], heights=[H])
         assert isinstance(no_result, NoResult)
         assert no_result.outcome == "not_applicable"
-        assert "under-18" in no_result.reason
+        assert "under 20" in no_result.reason
 
     @pytest.mark.parametrize("birth_date", [None, "1970"])
     def test_missing_birth_date(self, birth_date: str | None) -> None:

@@ -34,7 +34,7 @@ def egfr(notified: JSONObject, *series: JSONObject, who: JSONObject = WOMAN_60) 
 class TestEgfr:
     def test_declaration(self) -> None:
         d = EGFR.declaration
-        assert (d.name, d.version) == ("egfr", "1.0.0")
+        assert (d.name, d.version) == ("egfr", "1.1.0")
         assert d.trigger.criteria == (
             "Observation?code=http://loinc.org|2160-0,http://loinc.org|14682-9,"
             "http://loinc.org|38483-4"
@@ -165,9 +165,14 @@ def a1c(value: float, unit: str = "%", *conditions: JSONObject) -> list[Effect]:
 class TestHba1c:
     def test_declaration(self) -> None:
         d = HBA1C.declaration
-        assert (d.name, d.version) == ("hba1c", "1.0.0")
-        assert d.trigger.criteria == "Observation?code=http://loinc.org|4548-4"
-        [prefetch] = d.prefetch
+        assert (d.name, d.version) == ("hba1c", "1.1.0")
+        assert d.trigger.criteria == (
+            "Observation?code=http://loinc.org|4548-4,http://loinc.org|17856-6,"
+            "http://loinc.org|4549-2,http://loinc.org|59261-8"
+        )
+        history, prefetch = d.prefetch
+        assert history.name == "hba1c"
+        assert "http://loinc.org|59261-8" in history.query
         assert prefetch.query.startswith("Condition?subject={{patient}}&clinical-status=active")
         assert "http://snomed.info/sct|44054006" in prefetch.query
         assert "ADA" in d.citation.title or "Diabetes" in d.citation.title

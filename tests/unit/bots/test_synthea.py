@@ -84,7 +84,16 @@ def replay(bot: Any, prefix: str, notified: Resource, **prefetched: list[Resourc
     patient, _ = load(prefix)
     view = ObservationView(notified)
     event = BotEvent(Interaction.CREATE, view, view.reference, "1", f"Patient/{patient['id']}")
-    return bot.compute(event, BotContext(PatientView(patient), prefetched, now=when(notified)))
+    at = when(notified)
+    return bot.compute(event, BotContext(as_of(patient, at), prefetched, now=at))
+
+
+def as_of(patient: Resource, moment: datetime) -> PatientView:
+    """The Patient as it was at ``moment``: a death recorded later had not happened yet."""
+    died = patient.get("deceasedDateTime")
+    if died is not None and datetime.fromisoformat(died) > moment:
+        patient = {k: v for k, v in patient.items() if k != "deceasedDateTime"}
+    return PatientView(patient)
 
 
 def up_to(moment: datetime, observations: list[Resource]) -> list[Resource]:
@@ -114,7 +123,7 @@ def test_bmi_matches_weight_over_height_squared() -> None:
             at = when(w)
             effects = replay(BMI, prefix, w, weights=up_to(at, weights), heights=up_to(at, heights))
             candidates = [h for h in heights if at - timedelta(days=365) <= when(h) <= at]
-            if age(birth, at.date()) < 18:
+            if age(birth, at.date()) < 20:  # adult BMI categories from 20 (WHO, CDC)
                 assert effects == [NoResult(effects[0].reason, "not_applicable")]  # type: ignore[union-attr]
                 not_adult += 1
                 continue
@@ -272,3 +281,19 @@ def test_bp_average_and_crisis_match_acc_aha_2017() -> None:
             averages += 1
     assert averages >= 10
     assert insufficient >= 10
+
+
+def test_a_deceased_patient_gets_no_new_suggestion() -> None:
+    # 7a8faea5 died (Patient.deceasedDateTime): a result processed after that proposes nothing.
+    patient, _ = load("7a8faea5")
+    assert patient.get("deceasedDateTime")
+    c = with_code("7a8faea5", *CREATININE)[-1]
+    view = ObservationView(c)
+    event = BotEvent(Interaction.CREATE, view, view.reference, "1", f"Patient/{patient['id']}")
+    effects = EGFR.compute(event, BotContext(PatientView(patient), {"creatinine": [c]}))
+    assert effects == [
+        NoResult(
+            "patient deceased: no new suggestions are made (Patient.deceased is set)",
+            "patient_deceased",
+        )
+    ]

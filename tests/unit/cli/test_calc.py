@@ -81,10 +81,12 @@ class TestBmi:
         assert isinstance(suggestion, dict)
         assert "USPSTF" in suggestion["rationale"]
 
-    def test_under_18(self) -> None:
-        document = run_json("bmi", "--weight", "40", "--height", "150", "--age", "12")
+    @pytest.mark.parametrize("age", ["12", "19"])
+    def test_under_20(self, age: str) -> None:
+        document = run_json("bmi", "--weight", "40", "--height", "150", "--age", age)
         assert document["value"] is None
-        assert document["reason"] == "BMI percentile needed for under-18s"
+        assert document["outcome"] == "not_applicable"
+        assert "under 20" in str(document["reason"])
 
 
 class TestBloodPressure:
@@ -201,3 +203,30 @@ def test_help_shows_ucum_codes_verbatim() -> None:
     _, out, _ = run("bmi", "--help")
     assert "[lb_av]" in out
     assert "[in_i]" in out
+
+
+# The same plausibility guards as the bots (app.clinical.plausibility): refused, never computed.
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("egfr", "--creatinine", "1", "--age", "140", "--sex", "male"),
+            "implausible_value: age 140",
+        ),
+        (("egfr", "--creatinine", "0.01", "--age", "60", "--sex", "male"), "0.1-40 mg/dL"),
+        (("egfr", "--creatinine", "88", "--age", "60", "--sex", "male"), "unit_mislabelled"),
+        (("bmi", "--weight", "70", "--height", "1.75"), "plausible as 1.75 m"),
+        (("bmi", "--weight", "70", "--height", "175", "--age", "140"), "age 140"),
+        (("hba1c", "--value", "45"), "plausible as 45 mmol/mol"),
+        (("hba1c", "--value", "7.1", "--unit", "mmol/mol"), "plausible as 7.1 %"),
+        (("bp", "--reading", "900/50", "--reading", "120/80"), "systolic blood pressure 900"),
+    ],
+)
+def test_implausible_input_is_refused_with_exit_2(args: tuple[str, ...], message: str) -> None:
+    for extra in ((), ("--json",)):
+        code, out, err = run(*args, *extra)
+        assert code == 2
+        assert out == ""
+        assert err.startswith("Error: ")
+        assert err.count("\n") == 1
+        assert message in err

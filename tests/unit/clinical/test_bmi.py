@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from app.clinical.bmi import (
     BMI_UNIT,
-    UNDER_18_REASON,
+    UNDER_20_REASON,
     WHO_BMI_CLASSIFICATION,
     BmiCategory,
     bmi,
@@ -119,13 +119,14 @@ def test_bad_input_gives_no_result_with_reason(
     assert reason_part in result.reason
 
 
-@pytest.mark.parametrize(("age", "computed"), [(17, False), (18, True)])
-def test_adult_categories_only_from_18(age: int, computed: bool) -> None:
+# WHO and CDC use BMI-for-age percentiles through 19: adult categories from 20.
+@pytest.mark.parametrize(("age", "computed"), [(17, False), (18, False), (19, False), (20, True)])
+def test_adult_categories_only_from_20(age: int, computed: bool) -> None:
     result = bmi(weight=70.0, weight_unit="kg", height=175.0, height_unit="cm", age_years=age)
     assert (result.value is not None) is computed
     if not computed:
         assert result.outcome is Outcome.NOT_APPLICABLE
-        assert result.reason == UNDER_18_REASON
+        assert result.reason == UNDER_20_REASON
 
 
 WEIGHT_AT = datetime(2021, 6, 14, 10, 0, tzinfo=UTC)
@@ -182,10 +183,10 @@ class TestBmiForWeight:
     def test_age_is_taken_on_the_weights_date(self) -> None:
         heights = [height_at(WEIGHT_AT)]
         weight = Measurement(value=70.0, unit="kg", effective_at=WEIGHT_AT)
-        turns_18_tomorrow = date(2003, 6, 15)
-        turns_18_today = date(2003, 6, 14)
-        assert bmi_for_weight(weight, heights, birth_date=turns_18_tomorrow).value is None
-        assert bmi_for_weight(weight, heights, birth_date=turns_18_today).value is not None
+        turns_20_tomorrow = date(2001, 6, 15)
+        turns_20_today = date(2001, 6, 14)
+        assert bmi_for_weight(weight, heights, birth_date=turns_20_tomorrow).value is None
+        assert bmi_for_weight(weight, heights, birth_date=turns_20_today).value is not None
 
     def test_weight_before_birth_is_invalid(self) -> None:
         weight = Measurement(value=3.0, unit="kg", effective_at=WEIGHT_AT)

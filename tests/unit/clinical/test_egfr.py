@@ -67,18 +67,39 @@ def test_equation_is_continuous_at_kappa() -> None:
 
 
 class TestCreatinineUnits:
-    def test_umol_per_l_uses_88_42(self) -> None:
-        assert math.isclose(creatinine_mg_per_dl(88.42, "umol/L"), 1.0)
-        assert math.isclose(creatinine_mg_per_dl(0.1061, "mmol/L"), 106.1 / 88.42)
+    def test_umol_per_l_uses_88_4(self) -> None:
+        # KDIGO 2012 and the CKD-EPI publications: creatinine 1 mg/dL = 88.4 umol/L.
+        assert math.isclose(creatinine_mg_per_dl(88.4, "umol/L"), 1.0)
+        assert math.isclose(creatinine_mg_per_dl(0.1061, "mmol/L"), 106.1 / 88.4)
 
     def test_mass_units_convert_through_ucum(self) -> None:
         assert math.isclose(creatinine_mg_per_dl(12.0, "mg/L"), 1.2)
 
     def test_umol_per_l_gives_the_same_egfr(self) -> None:
-        result = egfr(106.1, 60, "female", unit="umol/L")  # 1.19995 mg/dL
+        result = egfr(106.1, 60, "female", unit="umol/L")  # 1.20023 mg/dL
         assert result.unrounded is not None
-        assert math.isclose(result.unrounded, 51.8237, abs_tol=1e-4)
+        assert math.isclose(result.unrounded, 51.8096, abs_tol=1e-4)
         assert result.value == 52
+
+    # The whole-number umol/L results whose G stage the former factor 88.42 got wrong. Expected
+    # values from the published equation with 40-digit decimals and Scr = umol/L / 88.4; with
+    # 88.42 they were 89.52 (G1), 14.50 (G4) and 29.50 (G3b).
+    @pytest.mark.parametrize(
+        ("umol_per_l", "age", "unrounded", "reported", "stage"),
+        [
+            (95, 40, 89.4980, 89, GfrCategory.G2),
+            (433, 40, 14.4976, 14, GfrCategory.G5),
+            (216, 60, 29.4929, 29, GfrCategory.G4),
+        ],
+    )
+    def test_g_stage_boundaries_with_88_4(
+        self, umol_per_l: int, age: int, unrounded: float, reported: int, stage: GfrCategory
+    ) -> None:
+        result = egfr(umol_per_l, age, "male", unit="umol/L")
+        assert result.unrounded is not None
+        assert math.isclose(result.unrounded, unrounded, abs_tol=1e-4)
+        assert result.value == reported
+        assert result.category == stage
 
     @pytest.mark.parametrize(
         ("unit", "reason_part"),
