@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from app.fhir.resource_json import JSONObject
 from devtools.backtest import patient_as_of
 
-PATIENT = {
+PATIENT: JSONObject = {
     "resourceType": "Patient",
     "id": "p1",
     "birthDate": "1950-01-01",
@@ -27,5 +28,5 @@ def test_a_death_before_the_result_is_in_the_chart() -> None:
 
 
 def test_a_living_patient_is_unchanged() -> None:
-    alive = {"resourceType": "Patient", "id": "p2"}
+    alive: JSONObject = {"resourceType": "Patient", "id": "p2"}
     assert patient_as_of(alive, datetime(2021, 1, 1, tzinfo=UTC)) == alive
