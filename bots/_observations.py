@@ -91,6 +91,17 @@ def notified_observation(event: BotEvent) -> ObservationView | list[Effect]:
     return ObservationView(resource.json)
 
 
+def not_evidence(notified: ObservationView) -> NoResult | None:
+    """Only final, amended or corrected results are evidence (a preliminary one may change)."""
+    if notified.usable:
+        return None
+    return NoResult(
+        f"{notified.reference} has status {notified.status!r}: only final, amended or corrected "
+        "results are evidence",
+        NOT_USABLE,
+    )
+
+
 def deceased(patient: PatientView | None) -> NoResult | None:
     """No new suggestion for a deceased patient (``deceasedBoolean`` or ``deceasedDateTime``)."""
     if patient is not None and patient.deceased:

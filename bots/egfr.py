@@ -41,7 +41,6 @@ from app.clinical.result import MetricResult
 from app.fhir.views import SNOMED
 from bots._observations import (
     INVALID_INPUT,
-    NOT_USABLE,
     TimedObservation,
     cite,
     day,
@@ -49,6 +48,7 @@ from bots._observations import (
     malformed_notified,
     merge_observations,
     no_result_of,
+    not_evidence,
     notified_observation,
     observation_search,
     patient_birth_date,
@@ -191,18 +191,13 @@ class EgfrBot:
             return notified
         if not notified.has_loinc(*CREATININE_LOINCS):
             return [NoResult(f"{notified.reference} is not a creatinine result", INVALID_INPUT)]
-        if not notified.usable:
-            return [
-                NoResult(
-                    f"{notified.reference} has status {notified.status!r}: only final, amended "
-                    "or corrected results are evidence",
-                    NOT_USABLE,
-                )
-            ]
-        if (malformed := malformed_notified(notified, *CREATININE_LOINCS)) is not None:
-            return [malformed]
-        if (dead := deceased(context.patient)) is not None:
-            return [dead]
+        refused = (
+            not_evidence(notified)
+            or malformed_notified(notified, *CREATININE_LOINCS)
+            or deceased(context.patient)
+        )
+        if refused is not None:
+            return [refused]
         birth_date = patient_birth_date(context.patient)
         if isinstance(birth_date, NoResult):
             return [birth_date]

@@ -38,7 +38,6 @@ from app.clinical.result import MetricResult
 from app.fhir.views import SNOMED, ConditionView
 from bots._observations import (
     INVALID_INPUT,
-    NOT_USABLE,
     TimedObservation,
     cite,
     day,
@@ -46,6 +45,7 @@ from bots._observations import (
     malformed_notified,
     merge_observations,
     no_result_of,
+    not_evidence,
     notified_observation,
     observation_search,
     patient_reference,
@@ -142,18 +142,13 @@ class Hba1cBot:
                     INVALID_INPUT,
                 )
             ]
-        if not notified.usable:
-            return [
-                NoResult(
-                    f"{notified.reference} has status {notified.status!r}: only final, amended "
-                    "or corrected results are evidence",
-                    NOT_USABLE,
-                )
-            ]
-        if (malformed := malformed_notified(notified, *HBA1C_LOINCS)) is not None:
-            return [malformed]
-        if (dead := deceased(context.patient)) is not None:
-            return [dead]
+        refused = (
+            not_evidence(notified)
+            or malformed_notified(notified, *HBA1C_LOINCS)
+            or deceased(context.patient)
+        )
+        if refused is not None:
+            return [refused]
         patient = patient_reference(event, notified)
         views = merge_observations(notified, context.observations(HISTORY), patient)
         series = usable_measurements(views, *HBA1C_LOINCS)

@@ -87,6 +87,7 @@ def template(query: str, patient: str) -> tuple[str, str]:
 _CURRENT = "current version"
 _PATIENT = "patient"
 _PENDING = "pending review Tasks"
+_NOTIFIED = "notified version"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +128,12 @@ class BotHandler(EventHandler):
         reads: dict[str, BundleEntryInput] = {
             _CURRENT: BundleRequest.read(event.resource_type, event.resource_id)
         }
+        if not event.deleted:
+            # The notified version itself (one point): a notification naming a version Medplum
+            # never had is not an event, and must leave no AuditEvent claiming work.
+            reads[_NOTIFIED] = BundleRequest.vread(
+                event.resource_type, event.resource_id, event.version_id
+            )
         if patient is not None:
             reads[_PATIENT] = BundleRequest.read("Patient", patient.removeprefix("Patient/"))
             for prefetch in declaration.prefetch:
@@ -135,6 +142,11 @@ class BotHandler(EventHandler):
         answers = await context.medplum.batch_named(reads)
         requests = 1
 
+        notified = answers.get(_NOTIFIED)
+        if notified is not None and not notified.ok:
+            if notified.status_code in (404, 410):
+                return Processed("unknown_version", requests)
+            raise entry_error(notified)
         first = answers[_CURRENT]
         current: JSONObject | None = None
         if first.ok and first.resource is not None:

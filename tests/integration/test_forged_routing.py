@@ -443,3 +443,37 @@ async def test_the_genuine_delete_withdraws_after_a_forged_one(pipeline: Pipelin
     )
     assert outcomes[0][0] == "delete_not_confirmed"
     assert ("retracted", DELETED_VERSION) in outcomes
+
+
+async def test_a_version_medplum_never_had_leaves_no_audit_event(pipeline: Pipeline) -> None:
+    """A signed body naming a version that does not exist (replayed with a made-up versionId)
+    is not an event: nothing is written, and no AuditEvent claims a suggestion was made."""
+    patient = await pipeline.new_patient()
+    _height, weight_json = await pipeline.weight_and_height(patient)
+    await pipeline.settled()
+    audits_before = await pipeline.search("AuditEvent", _count="200")
+
+    fake = {**weight_json, "meta": {**weight_json["meta"], "versionId": "no-such-version"}}
+    body = orjson.dumps(fake)
+    key = subscription_secret(pipeline.stack.webhook_secret, "bmi").encode()
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(
+            pipeline.stack.receiver_url,
+            content=body,
+            headers={
+                "Content-Type": "application/fhir+json",
+                "X-Signature": hmac.new(key, body, hashlib.sha256).hexdigest(),
+                "X-Starvit-Bot": "bmi",
+                "X-Medplum-Interaction": "update",
+                "X-Medplum-Subscription": "replayed",
+            },
+        )
+    assert answer.status_code == 202
+    await pipeline.settled()
+    outcomes = rows(
+        pipeline.database_url,
+        "SELECT outcome FROM starvit.event_keys WHERE handler = 'bmi' "
+        "AND version_id = 'no-such-version'",
+    )
+    assert outcomes == [("unknown_version",)]
+    assert len(await pipeline.search("AuditEvent", _count="200")) == len(audits_before)
