@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+import httpx
 import pytest
 
 from app.persistence.embedded import ensure_running, stop
@@ -54,3 +55,26 @@ STRICT_STANDIN = {"MEDPLUM_COMPAT": "5.0", "SUBSCRIPTION_RETRY_BASE_MS": "200"}
 def devserver() -> Iterator[DevServer]:
     with DevServer.start(env=STRICT_STANDIN) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def module_devserver() -> Iterator[DevServer]:
+    """One strict stand-in for a whole test module (its tests work on their own patients)."""
+    with DevServer.start(env=STRICT_STANDIN) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def module_database(postgres_server_url: str) -> Iterator[str]:
+    with fresh_database(postgres_server_url) as url:
+        yield url
+
+
+@pytest.fixture
+async def fresh_quota_window(module_devserver: DevServer) -> None:
+    """Each test of a module that shares a stand-in starts in a fresh quota minute, as if it ran
+    alone (the quota itself stays Medplum's default). Modules opt in with
+    ``pytest.mark.usefixtures("fresh_quota_window")``."""
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(module_devserver.base_url + "_devserver/reset-quota")
+        answer.raise_for_status()

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,6 +142,21 @@ async def eventually[T](
         await asyncio.sleep(0.1)
         value = await probe()
     return value
+
+
+@asynccontextmanager
+async def running_pipeline(
+    devserver: DevServer, database_url: str, **env: str
+) -> AsyncIterator[Pipeline]:
+    """``start_pipeline`` for the length of a block: the processes and clients are stopped
+    whatever the block does."""
+    running = await start_pipeline(devserver, database_url, **env)
+    try:
+        yield running
+    finally:
+        running.stack.close()
+        await running.partner.aclose()
+        await running.admin.aclose()
 
 
 async def start_pipeline(devserver: DevServer, database_url: str, **env: str) -> Pipeline:

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from app.cli import main as cli_main
 from devtools.devserver import DevServer
-from tests.integration.pipeline_support import Pipeline, observation, start_pipeline
+from tests.integration.pipeline_support import Pipeline, observation, running_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -78,13 +78,10 @@ async def pipeline(
     # The ops commands read the same database as the running service.
     monkeypatch.setenv("STARVIT_DATABASE_URL", database_url)
     # No periodic sweep: it would enqueue the failed resources again on its own.
-    running = await start_pipeline(devserver, database_url, STARVIT_SWEEP_INTERVAL_SECONDS="0")
-    try:
+    async with running_pipeline(
+        devserver, database_url, STARVIT_SWEEP_INTERVAL_SECONDS="0"
+    ) as running:
         yield running
-    finally:
-        running.stack.close()
-        await running.partner.aclose()
-        await running.admin.aclose()
 
 
 async def clear_faults(pipeline: Pipeline) -> None:

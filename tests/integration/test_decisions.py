@@ -22,45 +22,21 @@ from app.botkit.identifiers import TAG_CODE, TAG_SYSTEM
 from app.integrations.medplum import MedplumForbidden
 from devtools.clinician import ClinicianError, approve, login, reject
 from devtools.devserver import ADMIN_CLIENT_ID, ADMIN_CLIENT_SECRET, DevServer
-from tests.integration.conftest import STRICT_STANDIN, fresh_database
-from tests.integration.pipeline_support import Pipeline, start_pipeline
+from tests.integration.conftest import fresh_database
+from tests.integration.pipeline_support import Pipeline, running_pipeline, start_pipeline
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("fresh_quota_window")]
 TAG = f"{TAG_SYSTEM}|{TAG_CODE}"
 ALICE = "Practitioner/clinician-alice"
 BOB = "Practitioner/clinician-bob"
 
 
 @pytest.fixture(scope="module")
-def module_devserver() -> Iterator[DevServer]:
-    with DevServer.start(env=STRICT_STANDIN) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-async def fresh_quota_window(module_devserver: DevServer) -> None:
-    async with httpx.AsyncClient() as http:
-        answer = await http.post(module_devserver.base_url + "_devserver/reset-quota")
-        answer.raise_for_status()
-
-
-@pytest.fixture(scope="module")
-def module_database(postgres_server_url: str) -> Iterator[str]:
-    with fresh_database(postgres_server_url) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
 async def pipeline(module_devserver: DevServer, module_database: str) -> AsyncIterator[Pipeline]:
-    running = await start_pipeline(
+    async with running_pipeline(
         module_devserver, module_database, STARVIT_SWEEP_INTERVAL_SECONDS="0"
-    )
-    try:
+    ) as running:
         yield running
-    finally:
-        running.stack.close()
-        await running.partner.aclose()
-        await running.admin.aclose()
 
 
 async def pending_task(pipeline: Pipeline) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from app.main import create_app
 from app.settings import Settings, load_settings
 from app.wiring import open_database
 from devtools.devserver import DevServer
-from tests.integration.pipeline_support import Pipeline, eventually, start_pipeline
+from tests.integration.pipeline_support import Pipeline, eventually, running_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -386,13 +386,26 @@ async def test_refused_deliveries_are_counted_without_phi(database_url: str) -> 
 
 @pytest.fixture
 async def pipeline(devserver: DevServer, database_url: str) -> AsyncIterator[Pipeline]:
-    running = await start_pipeline(devserver, database_url, STARVIT_SWEEP_INTERVAL_SECONDS="0")
-    try:
+    async with running_pipeline(
+        devserver, database_url, STARVIT_SWEEP_INTERVAL_SECONDS="0"
+    ) as running:
         yield running
-    finally:
-        running.stack.close()
-        await running.partner.aclose()
-        await running.admin.aclose()
+
+
+async def post_signed(pipeline: Pipeline, body: bytes, **routing: str) -> httpx.Response:
+    """What a sender holding a body signed for bmi's Subscription can post to the receiver."""
+    key = subscription_secret(pipeline.stack.webhook_secret, "bmi").encode()
+    async with httpx.AsyncClient() as http:
+        return await http.post(
+            pipeline.stack.receiver_url,
+            content=body,
+            headers={
+                "Content-Type": "application/fhir+json",
+                "X-Signature": hmac.new(key, body, hashlib.sha256).hexdigest(),
+                "X-Starvit-Bot": "bmi",
+                **routing,
+            },
+        )
 
 
 def pending_bmi(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -411,21 +424,15 @@ async def test_the_genuine_delete_withdraws_after_a_forged_one(pipeline: Pipelin
     reference = f"Observation/{weight_json['id']}"
 
     # The attacker replays a delete body signed for bmi, naming the live weight.
-    body = b"{}"
-    key = subscription_secret(pipeline.stack.webhook_secret, "bmi").encode()
-    async with httpx.AsyncClient() as http:
-        forged = await http.post(
-            pipeline.stack.receiver_url,
-            content=body,
-            headers={
-                "Content-Type": "application/fhir+json",
-                "X-Signature": hmac.new(key, body, hashlib.sha256).hexdigest(),
-                "X-Starvit-Bot": "bmi",
-                "X-Medplum-Interaction": "delete",
-                "X-Medplum-Subscription": "forged",
-                "X-Medplum-Deleted-Resource": reference,
-            },
-        )
+    forged = await post_signed(
+        pipeline,
+        b"{}",
+        **{
+            "X-Medplum-Interaction": "delete",
+            "X-Medplum-Subscription": "forged",
+            "X-Medplum-Deleted-Resource": reference,
+        },
+    )
     assert forged.status_code == 202
     await pipeline.settled()
     assert len(pending_bmi(await pipeline.tasks_for(patient))) == 1  # nothing withdrawn
@@ -454,20 +461,11 @@ async def test_a_version_medplum_never_had_leaves_no_audit_event(pipeline: Pipel
     audits_before = await pipeline.search("AuditEvent", _count="200")
 
     fake = {**weight_json, "meta": {**weight_json["meta"], "versionId": "no-such-version"}}
-    body = orjson.dumps(fake)
-    key = subscription_secret(pipeline.stack.webhook_secret, "bmi").encode()
-    async with httpx.AsyncClient() as http:
-        answer = await http.post(
-            pipeline.stack.receiver_url,
-            content=body,
-            headers={
-                "Content-Type": "application/fhir+json",
-                "X-Signature": hmac.new(key, body, hashlib.sha256).hexdigest(),
-                "X-Starvit-Bot": "bmi",
-                "X-Medplum-Interaction": "update",
-                "X-Medplum-Subscription": "replayed",
-            },
-        )
+    answer = await post_signed(
+        pipeline,
+        orjson.dumps(fake),
+        **{"X-Medplum-Interaction": "update", "X-Medplum-Subscription": "replayed"},
+    )
     assert answer.status_code == 202
     await pipeline.settled()
     outcomes = rows(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,32 +24,10 @@ from app.wiring import medplum_client
 from bots.bmi import BOT as BMI
 from devtools.clinician import approve, login, reject
 from devtools.devserver import DevServer
-from tests.integration.conftest import STRICT_STANDIN, fresh_database
-from tests.integration.pipeline_support import Pipeline, eventually, observation, start_pipeline
+from tests.integration.pipeline_support import Pipeline, eventually, observation, running_pipeline
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("fresh_quota_window")]
 TAG = f"{TAG_SYSTEM}|{TAG_CODE}"
-
-
-@pytest.fixture(scope="module")
-def module_devserver() -> Iterator[DevServer]:
-    with DevServer.start(env=STRICT_STANDIN) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-async def fresh_quota_window(module_devserver: DevServer) -> None:
-    """The module shares one stand-in; each test starts in a fresh quota minute, as if it ran
-    alone (the quota itself stays Medplum's default)."""
-    async with httpx.AsyncClient() as http:
-        answer = await http.post(module_devserver.base_url + "_devserver/reset-quota")
-        answer.raise_for_status()
-
-
-@pytest.fixture(scope="module")
-def module_database(postgres_server_url: str) -> Iterator[str]:
-    with fresh_database(postgres_server_url) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
@@ -58,18 +36,13 @@ async def pipeline(module_devserver: DevServer, module_database: str) -> AsyncIt
     # Spans go to the console exporter so that the PHI canary test reads them with the logs.
     # No periodic sweep: the sweep tests run `starvit sweep` when they need it, and a sweep in
     # the middle of another test would change what that test observes.
-    running = await start_pipeline(
+    async with running_pipeline(
         module_devserver,
         module_database,
         STARVIT_OTEL_EXPORTER="console",
         STARVIT_SWEEP_INTERVAL_SECONDS="0",
-    )
-    try:
+    ) as running:
         yield running
-    finally:
-        running.stack.close()
-        await running.partner.aclose()
-        await running.admin.aclose()
 
 
 def live(tasks: list[dict[str, Any]], code_prefix: str = "bmi.") -> list[dict[str, Any]]:

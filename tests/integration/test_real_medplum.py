@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from devtools.devserver import DevServer
-from tests.integration.pipeline_support import Pipeline, start_pipeline
+from tests.integration.pipeline_support import Pipeline, running_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -22,13 +22,10 @@ SUPPORTED_INTERACTION = (
 
 @pytest.fixture
 async def pipeline(devserver: DevServer, database_url: str) -> AsyncIterator[Pipeline]:
-    running = await start_pipeline(devserver, database_url, STARVIT_SWEEP_INTERVAL_SECONDS="0")
-    try:
+    async with running_pipeline(
+        devserver, database_url, STARVIT_SWEEP_INTERVAL_SECONDS="0"
+    ) as running:
         yield running
-    finally:
-        running.stack.close()
-        await running.partner.aclose()
-        await running.admin.aclose()
 
 
 def events_of(pipeline: Pipeline, handler: str, resource_id: str) -> list[tuple[Any, ...]]:
