@@ -1,7 +1,8 @@
-"""``starvit replay`` and ``starvit backtest``: run the bots on recorded data, writing nothing.
+"""``python -m devtools replay`` and ``backtest``: run the bots on recorded data, writing
+nothing.
 
-``register(cli)`` adds both commands to the ``starvit`` Typer app. The logic lives in
-``devtools.replay`` and ``devtools.backtest`` (pure); this module only reads files and prints.
+``register(cli)`` adds both commands to the development command line. The logic lives in
+``devtools.replay`` and ``devtools.backtest``; this module only reads files and prints.
 """
 
 from __future__ import annotations
@@ -190,6 +191,6 @@ def backtest(
 
 
 def register(cli: typer.Typer) -> None:
-    """Add ``replay`` and ``backtest`` to the ``starvit`` command line."""
+    """Add ``replay`` and ``backtest`` to the development command line."""
     cli.command("replay")(replay)
     cli.command("backtest")(backtest)

@@ -1,4 +1,5 @@
-"""``starvit demo`` (``make demo``): the whole loop on one machine, on the embedded default.
+"""``python -m devtools demo`` (``make demo``): the whole loop on one machine, on the
+embedded default.
 
 Starts the Medplum stand-in, the embedded PostgreSQL (a fresh ``starvit_demo`` database), the
 receiver (Gunicorn + Uvicorn) and a worker; syncs the Subscriptions; posts the Synthea
