@@ -147,10 +147,6 @@ class ClinicianSession:
         await self.medplum.aclose()
 
     @property
-    def practitioner_id(self) -> str:
-        return self.practitioner.split("/", 1)[1]
-
-    @property
     def claims(self) -> JSONObject:
         """The current access token's claims (``profile``, ``aud``, ``login_id``, ...)."""
         source = self.medplum.token_source

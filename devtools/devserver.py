@@ -25,7 +25,6 @@ PARTNER_CLIENT_SECRET = "partner-acme-dev-secret"  # noqa: S105 - development se
 ADMIN_CLIENT_ID = "ops-admin"
 ADMIN_CLIENT_SECRET = "ops-admin-dev-secret"  # noqa: S105 - development seed value
 CLINICIAN_APP_CLIENT_ID = "starvit-clinician-app"
-CLINICIAN_APP_REDIRECT = "http://127.0.0.1:8765/callback"
 
 
 class DevServerError(RuntimeError):
@@ -115,10 +114,6 @@ class DevServer:
             except OSError:
                 time.sleep(0.05)
         raise DevServerError("the Medplum stand-in did not answer /healthcheck")
-
-    @property
-    def fhir_url(self) -> str:
-        return self.base_url + "fhir/R4/"
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -40,9 +40,6 @@ from app.fhir.units import UnitConversionError, convert
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-# FHIR Quantity.comparator values: each makes the value a bound, not a measurement.
-COMPARATORS: Final = frozenset({"<", "<=", ">=", ">", "ad"})
-
 GUINNESS_HEAVIEST_MAN = Citation(
     title="Heaviest man ever: Jon Brower Minnoch, estimated 635 kg (1978)",
     source="Guinness World Records",

@@ -19,13 +19,6 @@ from typing import Literal
 type Reason = Literal[
     "bad_signature", "malformed", "unknown_handler", "wrong_resource_type", "rate_limited"
 ]
-REASONS: tuple[Reason, ...] = (
-    "bad_signature",
-    "malformed",
-    "unknown_handler",
-    "wrong_resource_type",
-    "rate_limited",
-)
 NO_HANDLER = "-"
 
 # (handler, reason, minute as epoch seconds) -> count

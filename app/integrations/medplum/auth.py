@@ -196,10 +196,6 @@ class _RenewingTokenSource:
         """Token requests sent to Medplum (including retries), for benchmarks."""
         return self._token_requests
 
-    @property
-    def cached_token(self) -> AccessToken | None:
-        return self._token
-
     async def get_token(self) -> str:
         token = self._token
         if token is not None and self._clock() < token.refresh_at:

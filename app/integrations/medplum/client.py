@@ -258,11 +258,6 @@ class MedplumClient:
         any."""
         return self._last_rate_limit
 
-    def reset_counters(self) -> None:
-        self._requests.clear()
-        self._retries.clear()
-        self._points = 0
-
     # --- reads -----------------------------------------------------------------------------
 
     async def read(self, resource_type: str, resource_id: str) -> ResourceResult:
