@@ -69,6 +69,7 @@ def medplum_client(settings: Settings) -> MedplumClient:
             connect_timeout=settings.medplum_connect_timeout,
             read_timeout=settings.medplum_read_timeout,
             max_retry_wait_seconds=settings.medplum_max_retry_wait,
+            request_deadline=settings.medplum_request_deadline,
         )
     )
 
@@ -77,7 +78,9 @@ async def build_runtime(settings: Settings) -> Runtime:
     """The receiver's runtime: database pool and group-commit event intake."""
     settings.require_webhook_secrets()
     database, queue = await open_database(settings)
-    intake = EventIntake(database.pool, queue)
+    intake = EventIntake(
+        database.pool, queue, acquire_timeout=settings.intake_acquire_timeout_seconds
+    )
     return Runtime(
         settings,
         dependencies=[database, intake],
