@@ -476,7 +476,11 @@ async def _session(  # noqa: PLR0917 - private, one caller
     worker and the heartbeat until either stops."""
     from app.wiring import open_database  # noqa: PLC0415
 
-    database, queue = await open_database(settings)
+    global _queue  # noqa: PLW0603 - one queue app per worker process
+    database, fresh_queue = await open_database(settings)
+    # The same app in every session: procrastinate binds the tasks to the first app they are
+    # registered with (a second registration would rename them).
+    queue = _queue = _queue or fresh_queue
     worker_state: WorkerState | None = None
     try:
         register(queue, settings, registry)
@@ -520,6 +524,7 @@ async def _session(  # noqa: PLR0917 - private, one caller
 
 
 _jobs_done_so_far = 0
+_queue: App | None = None
 
 
 def _remember_jobs_done(count: int) -> None:
