@@ -553,8 +553,9 @@ class EventRepository:
     async def save_sweep_cursor(
         self, handler: str, position: SweepCursor, *, scanned_to: datetime | None = None
     ) -> None:
-        """Persist the sweep's place (only ever forwards); ``scanned_to``: everything last
-        updated before it has been looked at (the run reached the end of what there was)."""
+        """Persist the sweep's place: (``since``, ``after_id``) only ever moves forwards (its
+        ``bucket_offset`` may be corrected either way after a re-read); ``scanned_to``:
+        everything last updated before it has been looked at (the run reached the end)."""
         async with self.pool.connection() as conn:
             await conn.execute(
                 "INSERT INTO starvit.sweep_watermarks AS w (handler, since, after_id, "
@@ -565,7 +566,8 @@ class EventRepository:
                 "scanned_to = GREATEST(w.scanned_to, EXCLUDED.scanned_to), "
                 "lag_seconds = extract(epoch FROM now() - "
                 "GREATEST(EXCLUDED.since, w.scanned_to, EXCLUDED.scanned_to)), updated_at = now() "
-                "WHERE (EXCLUDED.since, EXCLUDED.bucket_offset) >= (w.since, w.bucket_offset)",
+                "WHERE (EXCLUDED.since, coalesce(EXCLUDED.after_id, '')) >= "
+                "(w.since, coalesce(w.after_id, ''))",
                 (
                     handler,
                     position.since,

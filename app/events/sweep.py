@@ -46,10 +46,10 @@ if TYPE_CHECKING:
 
 log = get_logger("app.events.sweep")
 
-# Resuming inside a crowded instant, the sweep re-reads up to this many resources before the
-# cursor's offset to check that the instant did not shrink meanwhile (a resource updated again
-# leaves it); when the cursor's resource is not among them it re-reads the instant from its
-# start (the recorded keys deduplicate).
+# Resuming inside a crowded instant, the sweep asks for up to this many resources before the
+# cursor's offset, so that the first one it gets is one it passed before even if a few of the
+# instant's resources left it meanwhile (updated again, so later). When the first one is not a
+# passed one, more left than that: it reads the instant again from its start.
 RESUME_SLACK = 20
 
 
@@ -132,24 +132,17 @@ async def _sweep_handler(
     durable = position.frozen()
     seen = enqueued = pages = 0
     caught_up = False
-    slack_checked = False
     while pages < max_pages:
-        offset = position.bucket_offset
-        if offset and not slack_checked:
-            offset = max(0, offset - RESUME_SLACK)
+        offset = max(0, position.bucket_offset - RESUME_SLACK)
         resources = await _page(medplum, target, position.since, offset, page_size)
         pages += 1
-        if (
-            offset
-            and position.after_id is not None
-            and not any(_is_cursor(r, position) for r in resources)
-        ):
-            # The crowded instant shrank under the cursor: read it again from its start.
+        if offset and not _starts_at_or_before(resources, position):
+            # The crowded instant shrank under the cursor (resources in it were updated
+            # again): what now comes first at this offset may have had unread ones before it.
+            # Read the instant again from its start (passed resources are skipped).
             log.warning("sweep_cursor_rewound", handler=handler.name)
             position.bucket_offset = 0
-            slack_checked = True
             continue
-        slack_checked = False
         # Each resource's place in its instant: the page starts `offset` resources into the
         # cursor's instant, and every later instant starts on this page.
         bucket, in_bucket = position.since, offset
@@ -163,6 +156,11 @@ async def _sweep_handler(
                 bucket, in_bucket = last_updated, 0
             in_bucket += 1
             if position.passed(last_updated, resource_id):
+                if last_updated == position.since:
+                    # Re-read after a rewind: the cursor's place in its instant is re-counted.
+                    position.bucket_offset = max(position.bucket_offset, in_bucket)
+                    if last_updated < horizon:
+                        durable = position.frozen()
                 continue
             position.advance(last_updated, resource_id, in_bucket)
             if last_updated < horizon:
@@ -188,9 +186,15 @@ async def _sweep_handler(
     return SweepResult(handler.name, seen, enqueued, pages, caught_up)
 
 
-def _is_cursor(resource: JSONObject, position: _Position) -> bool:
-    view = ResourceView(resource)
-    return view.id == position.after_id and view.last_updated == position.since
+def _starts_at_or_before(resources: list[JSONObject], position: _Position) -> bool:
+    """Whether the page's first resource is one the cursor has passed: then every resource
+    before it (it sorts first) was passed too, and nothing was skipped by the offset."""
+    if not resources:
+        return False
+    view = ResourceView(resources[0])
+    if view.last_updated is None or not view.id:
+        return False
+    return position.passed(view.last_updated, view.id)
 
 
 async def _page(

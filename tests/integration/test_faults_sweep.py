@@ -7,7 +7,7 @@ every run and never moved its watermark."""
 from __future__ import annotations
 
 import itertools
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -15,7 +15,7 @@ import pytest
 from procrastinate import App
 
 from app.events.repository import EventRepository
-from app.events.sweep import sweep
+from app.events.sweep import RESUME_SLACK, sweep
 from app.persistence.database import Database
 from app.settings import load_settings
 from app.wiring import handler_registry, medplum_client, open_database
@@ -169,3 +169,117 @@ async def run_once(settings: Any, medplum: Any, database: Database, queue: App) 
         queue=queue,
         registry=handler_registry(),
     )
+
+
+class CrowdedMedplum:
+    """Medplum's search semantics for the sweep's query over resources that share one
+    ``_lastUpdated`` (a bulk import commits thousands in the same millisecond): ``ge`` on
+    ``_lastUpdated``, sorted by ``_lastUpdated`` then ``_id``, ``_count`` and ``_offset``. The
+    stand-in stamps each write with its own clock reading, so it cannot produce this."""
+
+    def __init__(self, resources: list[dict[str, Any]]) -> None:
+        self.resources = resources
+        self.searches = 0
+
+    def move(self, resource_id: str, last_updated: str) -> None:
+        """A resource updated again: a new version, a later ``_lastUpdated``."""
+        for resource in self.resources:
+            if resource["id"] == resource_id:
+                version = int(resource["meta"]["versionId"]) + 1
+                resource["meta"] = {"versionId": str(version), "lastUpdated": last_updated}
+
+    async def search(
+        self, resource_type: str, params: list[tuple[str, str]], *, extended: bool = False
+    ) -> Any:
+        del extended
+        self.searches += 1
+        if resource_type != "Observation" or "29463-7" not in dict(params).get("code", ""):
+            return _Page([])
+        since = datetime.fromisoformat(dict(params)["_lastUpdated"].removeprefix("ge"))
+        matches = sorted(
+            (
+                r
+                for r in self.resources
+                if datetime.fromisoformat(r["meta"]["lastUpdated"]) >= since
+            ),
+            key=lambda r: (datetime.fromisoformat(r["meta"]["lastUpdated"]), r["id"]),
+        )
+        offset = int(dict(params).get("_offset", "0"))
+        count = int(dict(params)["_count"])
+        return _Page([dict(r) for r in matches[offset : offset + count]])
+
+
+class _Page:
+    def __init__(self, resources: list[dict[str, Any]]) -> None:
+        self.resources = resources
+
+
+def crowded(count: int, instant: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "resourceType": "Observation",
+            "id": f"obs-{i:05d}",
+            "meta": {"versionId": "1", "lastUpdated": instant},
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+            "subject": {"reference": f"Patient/p-{i % 7}"},
+        }
+        for i in range(count)
+    ]
+
+
+async def test_the_sweep_walks_through_one_crowded_instant_even_as_it_shrinks(
+    database_url: str,
+) -> None:
+    hour_ago = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    instant = hour_ago.isoformat().replace("+00:00", ".000Z")
+    later = (hour_ago + timedelta(minutes=5)).isoformat().replace("+00:00", ".000Z")
+    medplum = CrowdedMedplum(crowded(1_000, instant))
+    settings = load_settings(
+        database_url=database_url,
+        webhook_secrets="unused-here",
+        sweep_page_size=100,
+        sweep_max_pages=2,
+        sweep_settle_seconds=0,
+        environment="test",
+    )
+    database, queue = await open_database(settings)
+    try:
+        counts: list[int] = []
+        caught_up = False
+        for run in range(12):
+            if run == 3:
+                # Between runs, resources the cursor has passed and ones it has not leave the
+                # instant (updated again): none may be skipped because of the shift.
+                for moved in ("obs-00010", "obs-00100", "obs-00250", "obs-00399", "obs-00700"):
+                    medplum.move(moved, later)
+            if run == 4:
+                # More of them than the sweep's resume slack: it must re-read the instant.
+                for index in range(20, 20 + RESUME_SLACK + 10):
+                    medplum.move(f"obs-{index:05d}", later)
+            [bmi] = [
+                r
+                for r in await sweep(
+                    settings=settings,
+                    medplum=medplum,  # pyright: ignore[reportArgumentType]
+                    pool=database.pool,
+                    queue=queue,
+                    registry=handler_registry(),
+                )
+                if r.handler == "bmi"
+            ]
+            counts.append(len(recorded(database_url, "bmi")))
+            assert bmi.pages <= 2
+            if bmi.caught_up:
+                caught_up = True
+                break
+    finally:
+        await database.aclose()
+    versions = set(recorded(database_url, "bmi"))
+    current = {(r["id"], r["meta"]["versionId"]) for r in medplum.resources}
+    assert current <= versions, sorted(current - versions)[:5]
+    assert caught_up, counts
+    # Until the instant shrank by more than the slack, every run moved on; after that, the
+    # runs re-read the instant from its start (bounded, a budget at a time) and moved on again.
+    assert all(b > a for a, b in itertools.pairwise(counts[:4])), counts
+    assert all(b >= a for a, b in itertools.pairwise(counts)), counts
