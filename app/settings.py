@@ -127,6 +127,37 @@ class Settings(BaseSettings):
     # participant of an active CareTeam of the patient.
     decision_scope: Literal["project", "related"] = "project"
 
+    # --- Reliability: never stopping silently (docs/backend/ASYNC_JOBS_ETL.md) ---
+    # How long the receiver's intake waits for a database connection before it answers 503 (well
+    # under Medplum's 120 s delivery timeout; Medplum redelivers a 503).
+    intake_acquire_timeout_seconds: float = Field(default=0.5, gt=0, le=30)
+    # How often each worker process writes its heartbeat row (starvit.worker_heartbeats).
+    worker_heartbeat_seconds: float = Field(default=5.0, gt=0, le=300)
+    # How long a worker keeps reconnecting to an unreachable database before it gives up and
+    # exits non-zero (its supervisor or the platform then restarts it). 0: never give up.
+    worker_reconnect_limit_seconds: float = Field(default=600.0, ge=0)
+    # A worker whose procrastinate heartbeat is this old is dead: its running jobs go back to
+    # the queue (checked every few seconds by every live worker).
+    job_stalled_seconds: float = Field(default=10.0, ge=2, le=3600)
+    # The first retry of a failed job waits this long, doubling per attempt (capped at 5 min).
+    job_retry_base_seconds: float = Field(default=2.0, gt=0, le=300)
+    # Dead letters that failed for a transient reason (Medplum unreachable, 5xx, rate limited)
+    # are given another chance by the worker on its own: checked every interval (0: never),
+    # each one first after `dead_letter_retry_after_seconds` since it failed, doubling per
+    # round, at most `dead_letter_max_auto_retries` times; then it stays failed for ops.
+    dead_letter_retry_interval_seconds: int = Field(default=300, ge=0)
+    dead_letter_retry_after_seconds: float = Field(default=600.0, ge=0)
+    dead_letter_max_auto_retries: int = Field(default=6, ge=0, le=50)
+    # The sweep reads resources last updated at least this long ago (a write committed late can
+    # carry an earlier `_lastUpdated`), at most `sweep_max_pages` pages of `sweep_page_size` per
+    # handler and run, and resumes where it stopped.
+    sweep_settle_seconds: float = Field(default=30.0, ge=0, le=3600)
+    sweep_page_size: int = Field(default=500, ge=10, le=1000)
+    sweep_max_pages: int = Field(default=20, ge=1, le=1000)
+    # Every Medplum call is abandoned after this many seconds, whatever the socket does (a lost
+    # answer costs this, not a stall); the client's retries then apply to safe calls.
+    medplum_request_deadline: float = Field(default=20.0, gt=0, le=300)
+
     # --- Observability ---
     otel_exporter: Literal["none", "otlp", "console"] = "none"
     otel_endpoint: str | None = None

@@ -18,7 +18,7 @@ from app.botkit.handler import BotHandler
 from app.events.repository import EventIntake
 from app.handlers.registry import HandlerRegistry
 from app.integrations.medplum import MedplumClient, MedplumClientConfig
-from app.persistence.database import Database, ensure_schema
+from app.persistence.database import RECONNECT_TIMEOUT_SECONDS, Database, ensure_schema
 from app.persistence.embedded import database_url_for
 from app.review.expiry import ExpiryHandler
 from app.review.handler import ReviewHandler
@@ -27,6 +27,9 @@ from bots import ALL_BOTS
 
 if TYPE_CHECKING:
     from app.settings import Settings
+
+
+QUEUE_POOL_TIMEOUT_SECONDS = 5.0
 
 
 @cache
@@ -40,7 +43,16 @@ def handler_registry() -> HandlerRegistry:
 
 def queue_app(url: str, *, pool_max_size: int = 4) -> App:
     """The procrastinate app on ``url``; the tasks live in :mod:`app.events.jobs`."""
-    connector = PsycopgConnector(conninfo=url, min_size=1, max_size=pool_max_size)
+    connector = PsycopgConnector(
+        conninfo=url,
+        min_size=1,
+        max_size=pool_max_size,
+        # Fail within seconds while the database is away and reconnect as soon as it is back
+        # (the worker then starts a new session; psycopg's defaults wait 30 s and back off
+        # for up to five minutes).
+        timeout=QUEUE_POOL_TIMEOUT_SECONDS,
+        reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
+    )
     return App(connector=connector, import_paths=["app.events.jobs"])
 
 
@@ -69,6 +81,7 @@ def medplum_client(settings: Settings) -> MedplumClient:
             connect_timeout=settings.medplum_connect_timeout,
             read_timeout=settings.medplum_read_timeout,
             max_retry_wait_seconds=settings.medplum_max_retry_wait,
+            request_deadline=settings.medplum_request_deadline,
         )
     )
 
@@ -77,7 +90,9 @@ async def build_runtime(settings: Settings) -> Runtime:
     """The receiver's runtime: database pool and group-commit event intake."""
     settings.require_webhook_secrets()
     database, queue = await open_database(settings)
-    intake = EventIntake(database.pool, queue)
+    intake = EventIntake(
+        database.pool, queue, acquire_timeout=settings.intake_acquire_timeout_seconds
+    )
     return Runtime(
         settings,
         dependencies=[database, intake],

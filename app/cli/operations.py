@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -48,8 +49,10 @@ def worker(
         int, typer.Option(min=1, max=32, help="Worker processes to run side by side.")
     ] = 1,
 ) -> None:
-    """Run queue workers: process events, sweep, requeue stalled jobs. Stops on SIGTERM/SIGINT
-    after running jobs finish."""
+    """Run queue workers: process events, sweep, requeue stalled jobs, retry transient dead
+    letters. Rides out database restarts; stops on SIGTERM/SIGINT after running jobs finish.
+    With --processes N the parent supervises its children and restarts one that dies. Exits
+    non-zero only when it must stop on its own (see docs/backend/DEPLOYMENT_CLOUD_RUN.md)."""
     settings = _settings()
     try:
         settings.require_medplum_credentials()
@@ -61,37 +64,95 @@ def worker(
 
     configure_logging(settings.log_level)
     if processes == 1:
-        run_async(lambda: run_worker(settings, concurrency=concurrency))
-        return
-    import multiprocessing  # noqa: PLC0415
+        code = run_async(lambda: run_worker(settings, concurrency=concurrency))
+    else:
+        code = _supervise(processes, concurrency)
+    if code:
+        raise typer.Exit(code=code)
 
-    children = [
-        multiprocessing.Process(target=_worker_process, args=(concurrency,), daemon=False)
-        for _ in range(processes)
-    ]
-    for child in children:
+
+# A child restarted this soon after its start waits longer before the next restart (doubling
+# from the first wait up to the cap); one that ran longer is restarted after the first wait.
+CHILD_RESTART_FIRST_WAIT = 1.0
+CHILD_RESTART_MAX_WAIT = 30.0
+CHILD_HEALTHY_SECONDS = 60.0
+
+
+def _supervise(processes: int, concurrency: int | None) -> int:
+    """Run ``processes`` worker children and restart any that exits without being asked to;
+    on SIGTERM/SIGINT stop them all (each finishes its running jobs) and return 0."""
+    import multiprocessing  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from app.observability.logging import get_logger  # noqa: PLC0415
+
+    log = get_logger("app.cli.worker")
+    stopping = False
+
+    def spawn() -> multiprocessing.Process:
+        child = multiprocessing.Process(target=_worker_process, args=(concurrency,), daemon=False)
         child.start()
+        return child
 
     def stop_children(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         # Each child stops gracefully on SIGTERM (running jobs get their graceful timeout).
         for child in children:
             if child.pid is not None and child.is_alive():
                 os.kill(child.pid, signal.SIGTERM)
         del signum
 
+    children = [spawn() for _ in range(processes)]
+    started = [time.monotonic()] * processes
+    waits = [CHILD_RESTART_FIRST_WAIT] * processes
+    restart_at: list[float | None] = [None] * processes
     signal.signal(signal.SIGTERM, stop_children)
     signal.signal(signal.SIGINT, stop_children)
+    log.info("worker_supervisor_started", pid=os.getpid(), processes=processes)
+    while not stopping:
+        now = time.monotonic()
+        for slot, child in enumerate(children):
+            if child.is_alive() or stopping:
+                continue
+            if restart_at[slot] is None:
+                ran = now - started[slot]
+                waits[slot] = (
+                    CHILD_RESTART_FIRST_WAIT
+                    if ran > CHILD_HEALTHY_SECONDS
+                    else min(CHILD_RESTART_MAX_WAIT, waits[slot] * 2)
+                )
+                restart_at[slot] = now + waits[slot]
+                log.error(
+                    "worker_child_exited",
+                    pid=child.pid,
+                    exit_code=child.exitcode,
+                    ran_seconds=round(ran, 1),
+                    restart_in_seconds=waits[slot],
+                )
+            elif now >= (restart_at[slot] or now):
+                children[slot] = spawn()
+                started[slot], restart_at[slot] = now, None
+                log.warning("worker_child_restarted", pid=children[slot].pid, slot=slot)
+        time.sleep(0.2)
     for child in children:
         child.join()
+    log.info("worker_supervisor_stopped", pid=os.getpid())
+    return 0
 
 
 def _worker_process(concurrency: int | None) -> None:
+    import sys  # noqa: PLC0415
+
     from app.events.jobs import run_worker  # noqa: PLC0415
     from app.observability.logging import configure_logging  # noqa: PLC0415
 
+    # The parent's handlers were inherited: a child handles its signals in its own loop.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     settings = load_settings()
     configure_logging(settings.log_level)
-    asyncio.run(run_worker(settings, concurrency=concurrency))
+    sys.exit(asyncio.run(run_worker(settings, concurrency=concurrency)))
 
 
 @jobs_app.command("list")
@@ -132,10 +193,34 @@ def jobs_list(
 
 @jobs_app.command("retry")
 def jobs_retry(
-    event_ids: Annotated[list[int], typer.Argument(help="Event ids (from `starvit jobs list`).")],
+    event_ids: Annotated[
+        list[int] | None, typer.Argument(help="Event ids (from `starvit jobs list`).")
+    ] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(help="failed: every dead-lettered event (with --since: received since)."),
+    ] = None,
+    since: Annotated[
+        datetime | None,
+        typer.Option(
+            help="With --status failed: only events received at or after this time (UTC "
+            "unless an offset is given)."
+        ),
+    ] = None,
 ) -> None:
-    """Replay dead-lettered events: each gets a fresh job with its attempts reset."""
+    """Replay dead-lettered events: each gets a fresh job with its attempts reset. Give event
+    ids, or --status failed [--since TIME] for all of them."""
+    if status not in (None, "failed"):
+        typer.echo("error: --status must be failed (the dead letter)", err=True)
+        raise typer.Exit(code=2)
+    if bool(event_ids) == (status is not None):
+        typer.echo("error: give event ids or --status failed, not both", err=True)
+        raise typer.Exit(code=2)
+    if since is not None and status is None:
+        typer.echo("error: --since goes with --status failed", err=True)
+        raise typer.Exit(code=2)
     settings = _settings()
+    moment = since.replace(tzinfo=UTC) if since and since.tzinfo is None else since
 
     async def work() -> int:
         from app.events.repository import EventRepository  # noqa: PLC0415
@@ -145,7 +230,10 @@ def jobs_retry(
         missing = 0
         try:
             repo = EventRepository(database.pool)
-            for event_id in event_ids:
+            ids = event_ids or await repo.failed_ids(since=moment)
+            if status is not None:
+                typer.echo(f"dead-lettered events to retry: {len(ids)}")
+            for event_id in ids:
                 event = await repo.get(event_id)
                 if event is None:
                     typer.echo(f"event {event_id}: no such event", err=True)
@@ -154,11 +242,70 @@ def jobs_retry(
                 if event.status != "failed":
                     typer.echo(f"event {event_id}: {event.status}, not dead-lettered: left as is")
                     continue
-                job_id = await repo.redefer(queue, event)
+                job_id = await repo.retry_failed(queue, event)
+                if job_id is None:
+                    typer.echo(f"event {event_id}: retried meanwhile: left as is")
+                    continue
                 typer.echo(f"event {event_id}: queued again as job {job_id}")
         finally:
             await database.aclose()
         return missing
+
+    if run_async(work):
+        raise typer.Exit(code=1)
+
+
+@jobs_app.command("workers")
+def jobs_workers(
+    max_wait: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            help="Fail when an event has waited this many seconds without being started.",
+        ),
+    ] = 300.0,
+) -> None:
+    """The liveness check: every worker's heartbeat, the oldest unstarted event and the sweep's
+    lag. Exits 1 when no worker is alive or events wait longer than --max-wait (a stuck
+    worker), so a scheduler or an uptime check can alert on it."""
+    settings = _settings()
+
+    async def work() -> int:
+        from app.events.heartbeats import list_heartbeats  # noqa: PLC0415
+        from app.events.repository import EventRepository  # noqa: PLC0415
+        from app.wiring import open_database  # noqa: PLC0415
+
+        database, _queue = await open_database(settings)
+        try:
+            beats = await list_heartbeats(database.pool)
+            repo = EventRepository(database.pool)
+            waiting = await repo.oldest_unstarted_seconds()
+            lags = await repo.sweep_lag()
+        finally:
+            await database.aclose()
+        interval = settings.worker_heartbeat_seconds
+        alive = [b for b in beats if b.alive(interval)]
+        typer.echo(f"{'worker':<44} {'pid':>7} {'beat_age_s':>10} {'jobs_done':>9}  state")
+        for b in beats:
+            state = "alive" if b.alive(interval) else "silent"
+            typer.echo(
+                f"{b.worker_id:<44} {b.pid:>7} {b.age_seconds:>10.1f} {b.jobs_done:>9}  {state}"
+            )
+        typer.echo(f"alive workers: {len(alive)}")
+        typer.echo(
+            "oldest unstarted event: "
+            + (f"{waiting:.1f} s" if waiting is not None else "none waiting")
+        )
+        for lag in lags:
+            typer.echo(f"sweep lag {lag.handler}: {lag.lag_seconds:.1f} s")
+        problems: list[str] = []
+        if not alive:
+            problems.append("no worker alive")
+        if waiting is not None and waiting > max_wait:
+            problems.append(f"events waiting longer than {max_wait:g} s")
+        for problem in problems:
+            typer.echo(f"unhealthy: {problem}", err=True)
+        return 1 if problems else 0
 
     if run_async(work):
         raise typer.Exit(code=1)
@@ -239,7 +386,10 @@ def sweep_once() -> None:
             await medplum.aclose()
             await database.aclose()
         for result in results:
-            typer.echo(f"{result.handler:<16} seen={result.seen:<6} enqueued={result.enqueued}")
+            typer.echo(
+                f"{result.handler:<16} seen={result.seen:<6} enqueued={result.enqueued:<6} "
+                f"pages={result.pages:<4} {'caught_up' if result.caught_up else 'behind'}"
+            )
 
     run_async(work)
 

@@ -10,12 +10,26 @@ error code: the dead letter, listed by ``starvit jobs list --status failed`` and
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import signal
+import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+import psycopg
 from procrastinate import BaseRetryStrategy, Blueprint, JobContext, RetryDecision
+from procrastinate.exceptions import ConnectorException as ProcrastinateConnectorError
+from psycopg_pool import PoolTimeout
+from sqlalchemy.exc import DBAPIError as SQLAlchemyDBAPIError
 
+from app.events.heartbeats import (
+    WorkerIdentity,
+    prune_heartbeats,
+    record_heartbeat,
+    remove_heartbeat,
+)
 from app.events.processor import EventProcessor
 from app.events.repository import (
     CHECKING_DELETE_PREFIX,
@@ -57,6 +71,7 @@ class WorkerState:
     repo: EventRepository
     processor: EventProcessor
     registry: HandlerRegistry
+    jobs_done: int = 0  # events this process finished (its heartbeat reports it)
 
 
 _state: WorkerState | None = None
@@ -102,7 +117,8 @@ class EventRetry(BaseRetryStrategy):
         return _state.settings.job_max_attempts if _state is not None else 8
 
     def wait_seconds(self, error: BaseException, attempts: int) -> int:
-        wait = min(self.cap, self.base * 2**attempts)
+        base = _state.settings.job_retry_base_seconds if _state is not None else self.base
+        wait = min(self.cap, base * 2**attempts)
         if isinstance(error, MedplumError) and error.retry_after:
             wait = max(wait, min(self.cap, error.retry_after))
         return max(1, round(wait))
@@ -140,7 +156,9 @@ async def process_event(context: JobContext, event_id: int, trace_id: str | None
             job = context.job
             final = RETRY.get_retry_decision(exception=error, job=job) is None
             code = error_code_of(error)
-            await worker.repo.fail(event_id, error_code=code, final=final)
+            await worker.repo.fail(
+                event_id, error_code=code, final=final, transient=is_retryable(error)
+            )
             log.warning(
                 "event_failed",
                 event_id=event_id,
@@ -153,6 +171,7 @@ async def process_event(context: JobContext, event_id: int, trace_id: str | None
         await worker.repo.finish(
             event_id, outcome=result.outcome, medplum_requests=result.medplum_requests
         )
+        worker.jobs_done += 1
     finally:
         correlation_id_var.reset(token)
 
@@ -197,14 +216,23 @@ async def run_sweep(timestamp: int) -> None:
     )
 
 
+# How often every worker looks for the jobs of a dead worker.
+STALLED_CHECK_SECONDS = 5
+
+
 @blueprint.task(name="retry_stalled_jobs", queue=MAINTENANCE_QUEUE, queueing_lock="stalled")
 async def retry_stalled_jobs(timestamp: int) -> None:
-    """Jobs of a worker that died (no heartbeat) go back to the queue."""
+    """Jobs of a worker that died (no heartbeat for ``STARVIT_JOB_STALLED_SECONDS``) go back
+    to the queue, which also frees their patient lock."""
     del timestamp
-    await requeue_stalled(state().queue)
+    worker = state()
+    await requeue_stalled(worker.queue, worker.settings.job_stalled_seconds)
 
 
 async def requeue_stalled(queue: App, seconds_since_heartbeat: float = 30) -> int:
+    """Put the running jobs of workers silent for ``seconds_since_heartbeat`` back in the queue
+    and forget those workers. The job itself is safe to run again: an event already
+    ``processed`` is skipped, and every effect is keyed by identifiers and version guards."""
     stalled = list(
         await queue.job_manager.get_stalled_jobs(seconds_since_heartbeat=seconds_since_heartbeat)
     )
@@ -214,6 +242,33 @@ async def requeue_stalled(queue: App, seconds_since_heartbeat: float = 30) -> in
         log.warning("stalled_jobs_requeued", count=len(stalled))
     await queue.job_manager.prune_stalled_workers(seconds_since_heartbeat=seconds_since_heartbeat)
     return len(stalled)
+
+
+@blueprint.task(name="retry_dead_letters", queue=MAINTENANCE_QUEUE, queueing_lock="dead_letters")
+async def retry_dead_letters(timestamp: int) -> None:
+    """Self-healing dead letter: events that failed for a transient reason get a fresh job."""
+    del timestamp
+    await heal_dead_letters(state())
+
+
+async def heal_dead_letters(worker: WorkerState, *, limit: int = 500) -> int:
+    """Re-queue up to ``limit`` dead letters whose cause was transient and whose turn has come
+    (``STARVIT_DEAD_LETTER_RETRY_AFTER_SECONDS``, doubling per round, at most
+    ``STARVIT_DEAD_LETTER_MAX_AUTO_RETRIES`` rounds). Permanent failures stay failed, with
+    their error code, until someone acts."""
+    settings = worker.settings
+    due = await worker.repo.due_dead_letters(
+        after_seconds=settings.dead_letter_retry_after_seconds,
+        max_auto_retries=settings.dead_letter_max_auto_retries,
+        limit=limit,
+    )
+    retried = 0
+    for event in due:
+        if await worker.repo.retry_failed(worker.queue, event, automatic=True) is not None:
+            retried += 1
+    if retried:
+        log.warning("dead_letters_retried", count=retried)
+    return retried
 
 
 @blueprint.task(name="subscription_health", queue=MAINTENANCE_QUEUE, queueing_lock="health")
@@ -264,6 +319,7 @@ async def queue_housekeeping(timestamp: int) -> None:
     worker = state()
     await worker.queue.job_manager.delete_old_jobs(nb_hours=FINISHED_JOB_RETENTION_HOURS)
     retention = worker.settings.event_key_retention
+    await prune_heartbeats(worker.database.pool)
     pruned = await worker.repo.prune_processed(retention)
     if pruned:
         log.info("event_keys_pruned", count=pruned, retention_days=retention)
@@ -287,7 +343,11 @@ def register(queue: App, settings: Settings, registry: HandlerRegistry) -> None:
     queue.add_tasks_from(blueprint, namespace=TASK_NAMESPACE)
     if settings.sweep_interval_seconds:
         queue.periodic(cron=every(settings.sweep_interval_seconds), periodic_id="sweep")(run_sweep)
-    queue.periodic(cron=every(30), periodic_id="stalled")(retry_stalled_jobs)
+    queue.periodic(cron=every(STALLED_CHECK_SECONDS), periodic_id="stalled")(retry_stalled_jobs)
+    if settings.dead_letter_retry_interval_seconds:
+        queue.periodic(
+            cron=every(settings.dead_letter_retry_interval_seconds), periodic_id="dead_letters"
+        )(retry_dead_letters)
     queue.periodic(cron=every(300), periodic_id="health")(check_subscriptions)
     for handler in registry.scheduled():
         assert handler.schedule is not None
@@ -303,35 +363,182 @@ def register(queue: App, settings: Settings, registry: HandlerRegistry) -> None:
 assert f"{TASK_NAMESPACE}:process_event" == PROCESS_EVENT_TASK
 
 
-async def run_worker(settings: Settings, *, concurrency: int | None = None) -> None:
-    """Run one worker until SIGTERM/SIGINT; running jobs get the graceful timeout to finish,
-    then are cancelled and go through the retry policy (a killed worker's jobs are requeued as
-    stalled by another worker)."""
+# What a session ends with when the database went away (a restart, a failover, a network
+# cut): the worker reconnects. Anything else is a crash.
+_DATABASE_AWAY = (
+    psycopg.Error,
+    OSError,  # TimeoutError included
+    PoolTimeout,
+    ProcrastinateConnectorError,
+    SQLAlchemyDBAPIError,  # the schema check at start-up runs through SQLAlchemy
+)
+
+# The worker's reconnection backoff: first wait, doubling up to the cap.
+RECONNECT_FIRST_WAIT = 0.5
+RECONNECT_MAX_WAIT = 10.0
+# A session that ran this long was healthy: the next outage starts its backoff afresh.
+HEALTHY_SESSION_SECONDS = 30.0
+EXIT_GAVE_UP = 3
+EXIT_CRASHED = 1
+
+
+async def run_worker(settings: Settings, *, concurrency: int | None = None) -> int:
+    """Run one worker until SIGTERM/SIGINT and return its exit status (0 after a requested
+    stop). Running jobs get the graceful timeout to finish, then are cancelled and go through
+    the retry policy (a killed worker's jobs are requeued as stalled by another worker).
+
+    The worker rides out database restarts and failovers: whenever its session ends without
+    being asked to (procrastinate stops on a lost LISTEN connection, a fetch fails), it logs
+    why, waits with a capped backoff and opens a new session; the jobs of the lost session are
+    requeued as stalled. If the database stays unreachable for
+    ``STARVIT_WORKER_RECONNECT_LIMIT_SECONDS`` it gives up with status 3, and on an unexpected
+    error with status 1, saying why at ERROR, so that a supervisor restarts it."""
     from app.observability.tracing import configure_tracing  # noqa: PLC0415
-    from app.wiring import handler_registry, medplum_client, open_database  # noqa: PLC0415
+    from app.wiring import handler_registry, medplum_client  # noqa: PLC0415
 
     configure_tracing(settings)
     registry = handler_registry()
     medplum = medplum_client(settings)
-    database, queue = await open_database(settings)
-    register(queue, settings, registry)
-    repo = EventRepository(database.pool)
-    processor = EventProcessor(medplum, settings, registry)
-    install_state(WorkerState(settings, database, queue, medplum, repo, processor, registry))
+    identity = WorkerIdentity.of_this_process()
+    stopping = asyncio.Event()
+    sessions: list[asyncio.Task[None]] = []
+
+    def request_stop() -> None:
+        if not stopping.is_set():
+            log.info("worker_stopping", pid=os.getpid())
+        stopping.set()
+        for session in sessions:
+            session.cancel()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, request_stop)
+    wait = RECONNECT_FIRST_WAIT
+    outage_since: float | None = None
     try:
-        async with queue.open_async():
-            await requeue_stalled(queue)
-            log.info("worker_started", pid=os.getpid(), concurrency=concurrency)
-            await queue.run_worker_async(
-                queues=[EVENTS_QUEUE, MAINTENANCE_QUEUE],
-                concurrency=concurrency or settings.worker_concurrency,
-                shutdown_graceful_timeout=25,
-                install_signal_handlers=True,
-                # A job waiting on its patient lock is not notified when the lock frees up.
-                fetch_job_polling_interval=0.2,
+        while not stopping.is_set():
+            began = time.monotonic()
+            session = asyncio.create_task(
+                _session(settings, registry, medplum, identity, concurrency, stopping)
             )
+            sessions[:] = [session]
+            try:
+                await session
+                reason = "worker_loop_ended"  # procrastinate stopped on its own
+            except asyncio.CancelledError:
+                if stopping.is_set():
+                    break
+                raise
+            except _DATABASE_AWAY as error:
+                reason = type(error).__name__
+            except Exception as error:
+                log.error(
+                    "worker_crashed", pid=os.getpid(), error=type(error).__name__, exc_info=True
+                )
+                return EXIT_CRASHED
+            if stopping.is_set():
+                break
+            now = time.monotonic()
+            if now - began > HEALTHY_SESSION_SECONDS:
+                outage_since, wait = now, RECONNECT_FIRST_WAIT  # a new outage begins
+            elif outage_since is None:
+                outage_since = began
+            limit = settings.worker_reconnect_limit_seconds
+            if limit and now - outage_since > limit:
+                log.error(
+                    "worker_gave_up",
+                    pid=os.getpid(),
+                    reason=reason,
+                    unreachable_seconds=round(now - outage_since, 1),
+                )
+                return EXIT_GAVE_UP
+            log.warning("worker_reconnecting", pid=os.getpid(), reason=reason, wait_seconds=wait)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=wait)
+            wait = min(RECONNECT_MAX_WAIT, wait * 2)
+        return 0
     finally:
-        install_state(None)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
         await medplum.aclose()
-        await database.aclose()
         log.info("worker_stopped", pid=os.getpid())
+
+
+async def _session(  # noqa: PLR0917 - private, one caller
+    settings: Settings,
+    registry: HandlerRegistry,
+    medplum: MedplumClient,
+    identity: WorkerIdentity,
+    concurrency: int | None,
+    stopping: asyncio.Event,
+) -> None:
+    """One connected run of the worker: open the database and the queue, run procrastinate's
+    worker and the heartbeat until either stops."""
+    from app.wiring import open_database  # noqa: PLC0415
+
+    global _queue  # noqa: PLW0603 - one queue app per worker process
+    database, fresh_queue = await open_database(settings)
+    # The same app in every session: procrastinate binds the tasks to the first app they are
+    # registered with (a second registration would rename them).
+    queue = _queue = _queue or fresh_queue
+    worker_state: WorkerState | None = None
+    try:
+        register(queue, settings, registry)
+        repo = EventRepository(database.pool)
+        processor = EventProcessor(medplum, settings, registry)
+        worker_state = WorkerState(settings, database, queue, medplum, repo, processor, registry)
+        worker_state.jobs_done = _jobs_done_so_far
+        install_state(worker_state)
+        async with queue.open_async():
+            await requeue_stalled(queue, settings.job_stalled_seconds)
+            beat = asyncio.create_task(_beat(worker_state, identity))
+            log.info(
+                "worker_started",
+                pid=os.getpid(),
+                worker_id=identity.worker_id,
+                concurrency=concurrency or settings.worker_concurrency,
+            )
+            try:
+                await queue.run_worker_async(
+                    queues=[EVENTS_QUEUE, MAINTENANCE_QUEUE],
+                    concurrency=concurrency or settings.worker_concurrency,
+                    shutdown_graceful_timeout=25,
+                    install_signal_handlers=False,
+                    # A job waiting on its patient lock is not notified when the lock frees up.
+                    fetch_job_polling_interval=0.2,
+                    update_heartbeat_interval=max(1.0, settings.job_stalled_seconds / 4),
+                    stalled_worker_timeout=settings.job_stalled_seconds,
+                )
+            finally:
+                beat.cancel()
+                await asyncio.gather(beat, return_exceptions=True)
+                if stopping.is_set():
+                    with contextlib.suppress(Exception):
+                        async with asyncio.timeout(2):
+                            await remove_heartbeat(database.pool, identity.worker_id)
+    finally:
+        if worker_state is not None:
+            _remember_jobs_done(worker_state.jobs_done)
+        install_state(None)
+        await database.aclose()
+
+
+_jobs_done_so_far = 0
+_queue: App | None = None
+
+
+def _remember_jobs_done(count: int) -> None:
+    global _jobs_done_so_far  # noqa: PLW0603 - one worker per process
+    _jobs_done_so_far = count
+
+
+async def _beat(worker: WorkerState, identity: WorkerIdentity) -> None:
+    """Write this process's heartbeat row every ``STARVIT_WORKER_HEARTBEAT_SECONDS``."""
+    interval = worker.settings.worker_heartbeat_seconds
+    while True:
+        try:
+            async with asyncio.timeout(max(1.0, interval)):
+                await record_heartbeat(worker.database.pool, identity, worker.jobs_done)
+        except Exception as error:  # the database is away: procrastinate's loop will notice
+            log.warning("worker_heartbeat_failed", error=type(error).__name__)
+        await asyncio.sleep(interval)

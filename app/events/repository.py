@@ -10,6 +10,7 @@ single request is never delayed by a timer and concurrent requests share the cos
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
@@ -19,6 +20,7 @@ from procrastinate.jobs import Job
 from psycopg_pool import PoolTimeout
 
 from app.handlers.protocol import DELETED_VERSION, StoredEvent
+from app.observability.logging import get_logger
 
 if TYPE_CHECKING:
     from procrastinate import App
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
     from app.events.rejections import Counts
+
+log = get_logger("app.events.repository")
 
 PROCESS_EVENT_TASK = "starvit:process_event"
 EVENTS_QUEUE = "events"
@@ -174,18 +178,62 @@ async def record_events(
 
 
 class EventIntake:
-    """Group commit of event keys and jobs for concurrent receivers in one process."""
+    """Group commit of event keys and jobs for concurrent receivers in one process.
+
+    It fails fast while the database is unreachable: a commit waits at most
+    ``acquire_timeout`` seconds for a connection, and once one failed because the database is
+    unreachable the intake is *down*: notifications are refused at once (503, which Medplum
+    redelivers) while a probe checks the database every ``probe_interval`` seconds; the first
+    probe that gets an answer brings the intake back up.
+    """
 
     name = "event_intake"
 
-    def __init__(self, pool: AsyncConnectionPool, queue: App, max_batch: int = 256) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        queue: App,
+        max_batch: int = 256,
+        *,
+        acquire_timeout: float = 0.5,
+        probe_interval: float = 0.2,
+    ) -> None:
         self.pool = pool
         self.queue = queue
         self.max_batch = max_batch
+        self.acquire_timeout = acquire_timeout
+        self.probe_interval = probe_interval
         self._pending: list[tuple[EventKey, asyncio.Future[IntakeResult]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._down_since: float | None = None
+        self._prober: asyncio.Task[None] | None = None
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    def _mark_down(self) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.error("intake_database_unreachable")
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.create_task(self._probe_until_up())
+
+    async def _probe_until_up(self) -> None:
+        while self._down_since is not None:
+            await asyncio.sleep(self.probe_interval)
+            try:
+                async with self.pool.connection(timeout=self.acquire_timeout) as conn:
+                    await conn.execute("SELECT 1")
+            except Exception:  # noqa: S112 - still down: probe again
+                continue
+            down_for = time.monotonic() - self._down_since
+            self._down_since = None
+            log.warning("intake_database_back", down_seconds=round(down_for, 3))
 
     async def submit(self, key: EventKey) -> IntakeResult:
+        if self._down_since is not None:
+            raise IntakeUnavailable("database_unreachable")
         future: asyncio.Future[IntakeResult] = asyncio.get_running_loop().create_future()
         self._pending.append((key, future))
         if self._flusher is None or self._flusher.done():
@@ -201,6 +249,9 @@ class EventIntake:
             try:
                 results = await self._commit([k for k, _ in batch])
             except _UNREACHABLE as error:
+                self._mark_down()
+                # Everything waiting behind this batch would meet the same database.
+                batch, self._pending = batch + self._pending, []
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(IntakeUnavailable(type(error).__name__))
@@ -215,16 +266,24 @@ class EventIntake:
                     future.set_result(result)
 
     async def _commit(self, keys: list[EventKey]) -> list[IntakeResult]:
-        async with self.pool.connection() as conn, conn.transaction():
+        async with (
+            self.pool.connection(timeout=self.acquire_timeout) as conn,
+            conn.transaction(),
+        ):
             return await record_events(conn, self.queue, keys)
 
     async def _commit_one_by_one(
         self, batch: list[tuple[EventKey, asyncio.Future[IntakeResult]]]
     ) -> None:
         for key, future in batch:
+            if self._down_since is not None:
+                if not future.done():
+                    future.set_exception(IntakeUnavailable("database_unreachable"))
+                continue
             try:
                 [result] = await self._commit([key])
             except _UNREACHABLE as error:
+                self._mark_down()
                 outcome: IntakeResult | BaseException = IntakeUnavailable(type(error).__name__)
             except psycopg.DataError as error:
                 outcome = IntakeRefused(type(error).__name__)
@@ -240,9 +299,13 @@ class EventIntake:
                 future.set_result(outcome)
 
     async def check(self) -> str | None:
-        return None
+        return "intake_database_unreachable" if self._down_since is not None else None
 
     async def aclose(self) -> None:
+        self._down_since = None
+        if self._prober is not None:
+            self._prober.cancel()
+            await asyncio.gather(self._prober, return_exceptions=True)
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
 
@@ -255,6 +318,30 @@ _EVENT_COLUMNS = (
 
 def _stored(row: tuple[object, ...]) -> StoredEvent:
     return StoredEvent(*row)  # pyright: ignore[reportArgumentType]
+
+
+class _NotFailedAnymore(Exception):
+    """The event left the dead letter meanwhile (retried by someone else)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SweepCursor:
+    """Where a handler's sweep stands: the ``_lastUpdated`` of the last resource it passed,
+    that resource's id, and how many resources with exactly that ``_lastUpdated`` (in id
+    order) it has passed."""
+
+    since: datetime
+    after_id: str | None = None
+    bucket_offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SweepLag:
+    handler: str
+    since: datetime
+    scanned_to: datetime | None
+    updated_at: datetime
+    lag_seconds: float
 
 
 class EventRepository:
@@ -291,11 +378,16 @@ class EventRepository:
                 (outcome, medplum_requests, event_id),
             )
 
-    async def fail(self, event_id: int, *, error_code: str, final: bool) -> None:
+    async def fail(
+        self, event_id: int, *, error_code: str, final: bool, transient: bool = False
+    ) -> None:
+        """Record a failed attempt; ``final`` dead-letters the event (``transient``: the cause
+        heals by itself, so the worker's dead-letter retry will give it another chance)."""
         async with self.pool.connection() as conn:
             await conn.execute(
-                "UPDATE starvit.event_keys SET status = %s, error_code = %s WHERE id = %s",
-                ("failed" if final else "queued", error_code, event_id),
+                "UPDATE starvit.event_keys SET status = %s, error_code = %s, transient = %s, "
+                "failed_at = CASE WHEN %s THEN now() ELSE failed_at END WHERE id = %s",
+                ("failed" if final else "queued", error_code, transient, final, event_id),
             )
 
     async def begin_delete_check(self, event_id: int) -> None:
@@ -358,6 +450,17 @@ class EventRepository:
             )
             return {str(status): int(count) for status, count in await cursor.fetchall()}
 
+    async def oldest_unstarted_seconds(self) -> float | None:
+        """How long the oldest event that no worker has started yet has waited (None when
+        none waits): a worker that is alive but stuck shows here."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT extract(epoch FROM now() - min(received_at)) FROM starvit.event_keys "
+                "WHERE status = 'queued' AND attempts = 0"
+            )
+            row = await cursor.fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
     async def patient_for(self, resource_type: str, resource_id: str) -> str | None:
         """The patient an earlier version of this resource was about (for deletes, whose
         notification carries no body)."""
@@ -370,8 +473,38 @@ class EventRepository:
             row = await cursor.fetchone()
         return str(row[0]) if row else None
 
-    async def redefer(self, queue: App, event: StoredEvent) -> int:
-        """A fresh job for a failed (dead-lettered) event; attempts start again."""
+    async def failed_ids(self, *, since: datetime | None = None, limit: int = 10_000) -> list[int]:
+        """Dead-lettered events (oldest first), received at or after ``since`` when given."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT id FROM starvit.event_keys WHERE status = 'failed' "
+                "AND (%s::timestamptz IS NULL OR received_at >= %s::timestamptz) "
+                "ORDER BY id LIMIT %s",
+                (since, since, limit),
+            )
+            return [int(row[0]) for row in await cursor.fetchall()]
+
+    async def due_dead_letters(
+        self, *, after_seconds: float, max_auto_retries: int, limit: int = 500
+    ) -> list[StoredEvent]:
+        """Dead letters whose cause was transient and whose turn has come: failed at least
+        ``after_seconds`` x 2^(automatic retries so far) ago, retried automatically fewer than
+        ``max_auto_retries`` times. Permanent failures are never returned."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM starvit.event_keys WHERE status = 'failed' "  # noqa: S608
+                "AND transient AND auto_retries < %s AND failed_at <= now() - "
+                "make_interval(secs => %s * power(2, auto_retries)) ORDER BY failed_at LIMIT %s",
+                (max_auto_retries, after_seconds, limit),
+            )
+            return [_stored(row) for row in await cursor.fetchall()]
+
+    async def redefer(self, queue: App, event: StoredEvent, *, automatic: bool = False) -> int:
+        """A fresh job for a failed (dead-lettered) event; attempts start again. ``automatic``
+        (the worker's own dead-letter retry) counts one more automatic retry; a retry by hand
+        starts that count again. Only a row still ``failed`` is re-queued (a concurrent retry
+        of the same event is a no-op: the job is deferred inside the same transaction and
+        rolled back with it)."""
         key = EventKey(
             handler=event.handler,
             resource_type=event.resource_type,
@@ -385,13 +518,80 @@ class EventRepository:
             [job] = await queue.job_manager.batch_defer_jobs_async(
                 [_job_for(key, event.id)], connection=conn
             )
-            await conn.execute(
+            cursor = await conn.execute(
                 "UPDATE starvit.event_keys SET status = 'queued', error_code = NULL, "
-                "attempts = 0, job_id = %s WHERE id = %s",
-                (job.id, event.id),
+                "attempts = 0, job_id = %s, auto_retries = CASE WHEN %s THEN auto_retries + 1 "
+                "ELSE 0 END WHERE id = %s AND status = 'failed'",
+                (job.id, automatic, event.id),
             )
+            if cursor.rowcount != 1:
+                raise _NotFailedAnymore
         assert job.id is not None
         return job.id
+
+    async def retry_failed(
+        self, queue: App, event: StoredEvent, *, automatic: bool = False
+    ) -> int | None:
+        """:meth:`redefer`, or None when the event is no longer dead-lettered."""
+        try:
+            return await self.redefer(queue, event, automatic=automatic)
+        except _NotFailedAnymore:
+            return None
+
+    async def sweep_cursor(self, handler: str) -> SweepCursor | None:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT since, after_id, bucket_offset FROM starvit.sweep_watermarks "
+                "WHERE handler = %s",
+                (handler,),
+            )
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        return SweepCursor(row[0], row[1], int(row[2]))  # pyright: ignore[reportArgumentType]
+
+    async def save_sweep_cursor(
+        self, handler: str, position: SweepCursor, *, scanned_to: datetime | None = None
+    ) -> None:
+        """Persist the sweep's place: (``since``, ``after_id``) only ever moves forwards (its
+        ``bucket_offset`` may be corrected either way after a re-read); ``scanned_to``:
+        everything last updated before it has been looked at (the run reached the end)."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO starvit.sweep_watermarks AS w (handler, since, after_id, "
+                "bucket_offset, scanned_to, lag_seconds) VALUES (%s, %s, %s, %s, %s, "
+                "extract(epoch FROM now() - coalesce(%s, %s))) "
+                "ON CONFLICT (handler) DO UPDATE SET since = EXCLUDED.since, "
+                "after_id = EXCLUDED.after_id, bucket_offset = EXCLUDED.bucket_offset, "
+                "scanned_to = GREATEST(w.scanned_to, EXCLUDED.scanned_to), "
+                "lag_seconds = extract(epoch FROM now() - "
+                "GREATEST(EXCLUDED.since, w.scanned_to, EXCLUDED.scanned_to)), updated_at = now() "
+                "WHERE (EXCLUDED.since, coalesce(EXCLUDED.after_id, '')) >= "
+                "(w.since, coalesce(w.after_id, ''))",
+                (
+                    handler,
+                    position.since,
+                    position.after_id,
+                    position.bucket_offset,
+                    scanned_to,
+                    scanned_to,
+                    position.since,
+                ),
+            )
+
+    async def sweep_lag(self) -> list[SweepLag]:
+        """Per handler: the sweep's watermark, how far it has looked, and how many seconds
+        behind now that is (live, not as of the last run): what ops watch."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT handler, since, scanned_to, updated_at, extract(epoch FROM now() - "
+                "GREATEST(since, coalesce(scanned_to, since))) FROM starvit.sweep_watermarks "
+                "ORDER BY handler"
+            )
+            return [
+                SweepLag(str(h), s, t, u, float(lag))  # pyright: ignore[reportArgumentType]
+                for h, s, t, u, lag in await cursor.fetchall()
+            ]
 
     async def watermark(self, handler: str) -> datetime | None:
         async with self.pool.connection() as conn:

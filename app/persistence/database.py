@@ -177,29 +177,48 @@ def _apply_queue_schema(connection: Connection, queue_schema: str) -> None:
             connection.exec_driver_sql(queue_schema, execution_options={"no_parameters": True})
 
 
+# A connection attempt that fails is retried by the pool with a doubling backoff for at most
+# this long, then left to the next request that needs a connection: a short limit keeps the
+# pool asking often, so it is back within a second or two of the database's return (psycopg's
+# default, five minutes of backoff, left it up to 16 s behind).
+RECONNECT_TIMEOUT_SECONDS = 1.0
+# Connecting to a database that does not answer (a failover in progress) gives up after this.
+CONNECT_TIMEOUT_SECONDS = 3
+
+
 class Database:
-    """The service's pool (separate from procrastinate's own connector pool)."""
+    """The service's pool (separate from procrastinate's own connector pool).
+
+    Every connection is checked with a round trip before it is handed out
+    (``AsyncConnectionPool.check_connection``): a connection the database dropped while it sat
+    idle (a restart, a failover) is discarded instead of failing the commit that got it.
+    """
 
     name = "database"
 
-    def __init__(self, url: str, max_size: int = 10) -> None:
+    def __init__(self, url: str, max_size: int = 10, *, check_timeout: float = 1.0) -> None:
         self.url = url
+        self.check_timeout = check_timeout
         self.pool: AsyncConnectionPool[AsyncConnection] = AsyncConnectionPool(
             url,
             min_size=1,
             max_size=max_size,
             open=False,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_SECONDS},
             connection_class=AsyncConnection,
+            check=AsyncConnectionPool.check_connection,
+            reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
         )
 
     async def open(self) -> None:
         await self.pool.open(wait=True, timeout=30)
 
     async def check(self) -> str | None:
+        """None when a (checked) connection answers within ``check_timeout`` seconds."""
         try:
-            async with self.pool.connection(timeout=2) as conn:
-                await conn.execute("SELECT 1")
+            async with asyncio.timeout(self.check_timeout + 1):
+                async with self.pool.connection(timeout=self.check_timeout) as conn:
+                    await conn.execute("SELECT 1")
         except Exception:
             return "database_unreachable"
         return None

@@ -132,8 +132,9 @@ def _lock(data_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_running(data_dir: Path) -> tuple[EmbeddedServer, bool]:
-    """Return the server for ``data_dir`` and whether this call started it."""
+def ensure_running(data_dir: Path, *, port: int | None = None) -> tuple[EmbeddedServer, bool]:
+    """Return the server for ``data_dir`` and whether this call started it (on ``port`` when
+    given, so that a restarted server keeps its URL; else on a free port)."""
     data_dir = data_dir.resolve()
     with _lock(data_dir):
         server = _running(data_dir)
@@ -150,7 +151,7 @@ def ensure_running(data_dir: Path) -> tuple[EmbeddedServer, bool]:
                 check=True,
                 capture_output=True,
             )
-        port = _free_port()
+        port = port or _free_port()
         log_file = data_dir / "server.log"
         options = f"-h 127.0.0.1 -p {port} -k {data_dir} -c fsync=on"
         result = subprocess.run(  # noqa: S603

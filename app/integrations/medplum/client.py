@@ -672,9 +672,18 @@ class MedplumClient:
             meter.requests += 1
             meter.points += call.points
         try:
-            response = await self._http.request(
-                call.method, call.url, content=call.content, params=call.params, headers=headers
-            )
+            async with asyncio.timeout(self._config.request_deadline):
+                response = await self._http.request(
+                    call.method, call.url, content=call.content, params=call.params, headers=headers
+                )
+        except TimeoutError:
+            raise MedplumUnavailable(
+                "Medplum did not answer in time",
+                operation=call.kind,
+                resource_type=call.resource_type,
+                attempts=attempt_number,
+                cause="deadline_exceeded",
+            ) from None
         except httpx.TransportError as error:
             # The type name only: transport errors can quote the URL (and its query).
             raise MedplumUnavailable(

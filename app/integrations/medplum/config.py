@@ -22,6 +22,10 @@ class MedplumClientConfig:
     allowed_hosts: tuple[str, ...] = ()
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    # The whole of one request (connect, send, wait, read) is abandoned after this many
+    # seconds, so an answer that never comes costs this and not a stall (a slow trickle would
+    # otherwise renew the read timeout with every chunk).
+    request_deadline: float = 20.0
     max_connections: int = 20
     max_attempts: int = 5
     max_retry_wait_seconds: float = 30.0
@@ -35,7 +39,7 @@ class MedplumClientConfig:
             raise ValueError("MedplumClientConfig.base_url must be an absolute http(s) URL")
         if not self.client_id:
             raise ValueError("MedplumClientConfig.client_id is required")
-        if self.connect_timeout <= 0 or self.read_timeout <= 0:
+        if self.connect_timeout <= 0 or self.read_timeout <= 0 or self.request_deadline <= 0:
             raise ValueError("MedplumClientConfig timeouts must be positive")
         if self.max_connections < 1:
             raise ValueError("MedplumClientConfig.max_connections must be at least 1")
