@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 from procrastinate import BaseRetryStrategy, Blueprint, JobContext, RetryDecision
 
+from app.events.coalesce import coalesce
+from app.events.ledger import PostgresSlotLedger
 from app.events.processor import EventProcessor
 from app.events.repository import (
     CHECKING_DELETE_PREFIX,
@@ -28,6 +30,7 @@ from app.events.repository import (
 from app.events.sweep import sweep
 from app.handlers.protocol import DELETED_VERSION, PermanentFailure
 from app.integrations.medplum import MedplumError, MedplumNotFound, MedplumPreconditionFailed
+from app.integrations.medplum.budget import SharedBudget
 from app.observability.correlation import correlation_id_var
 from app.observability.logging import get_logger
 
@@ -134,6 +137,8 @@ async def process_event(context: JobContext, event_id: int, trace_id: str | None
         if event.patient_id is None and event.deleted:
             patient = await worker.repo.patient_for(event.resource_type, event.resource_id)
             event = replace(event, patient_id=patient)
+        if await coalesce(worker.database.pool, worker.settings, event):
+            return
         try:
             result = await worker.processor.process(event, trace_id=trace_id)
         except Exception as error:
@@ -315,8 +320,11 @@ async def run_worker(settings: Settings, *, concurrency: int | None = None) -> N
     medplum = medplum_client(settings)
     database, queue = await open_database(settings)
     register(queue, settings, registry)
+    medplum.pacer = SharedBudget(database.pool, reserve_fraction=settings.medplum_quota_reserve)
     repo = EventRepository(database.pool)
-    processor = EventProcessor(medplum, settings, registry)
+    processor = EventProcessor(
+        medplum, settings, registry, ledger=PostgresSlotLedger(database.pool)
+    )
     install_state(WorkerState(settings, database, queue, medplum, repo, processor, registry))
     try:
         async with queue.open_async():
