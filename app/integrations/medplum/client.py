@@ -386,6 +386,8 @@ class MedplumClient:
         )
         response = await self._execute(call)
         result = self._resource_result(response, call)
+        if if_none_exist and response.status_code == 200:
+            self._charge(-POINTS["write"])  # the match was returned: only the search is charged
         return CreateResult(
             resource=result.resource,
             status_code=result.status_code,
