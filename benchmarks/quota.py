@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import psycopg
 
+from app.fhir.resource_json import JSONObject, get_object, get_objects, get_str
 from app.integrations.medplum import MedplumClient, MedplumClientConfig
 from benchmarks.e2e import _stats, _sync
 from benchmarks.servers import close_stack, peak_rss_mb
@@ -100,18 +101,23 @@ async def _approve(base_url: str, patients: list[str]) -> int:
     done = 0
     try:
         for patient in patients:
-            tasks = await session.search(
-                "Task", {"subject": patient, "status": "requested", "_count": "50"}
+            tasks, _ = await session.search(
+                "Task", [("subject", patient), ("status", "requested"), ("_count", "50")]
             )
             for task in tasks:
-                codings = task.get("code", {}).get("coding", [])
-                if codings and str(codings[0].get("code", "")).startswith("bmi."):
-                    await approve(session, str(task["id"]))
+                if task_code(task).startswith("bmi."):
+                    await approve(session, str(task.get("id")))
                     done += 1
                     break
     finally:
         await session.aclose()
     return done
+
+
+def task_code(task: JSONObject) -> str:
+    for coding in get_objects(get_object(task, "code") or {}, "coding"):
+        return get_str(coding, "code") or ""
+    return ""
 
 
 def _events(database_url: str) -> list[tuple[Any, ...]]:

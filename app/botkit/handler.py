@@ -271,13 +271,14 @@ class BotHandler(EventHandler):
         answers2 = await context.medplum.batch_named(second)
         requests += 1
         tasks, focus = self._pending(answers2[_PENDING])
-        known = {k for k, state in states.items() if state == "written"}
-        known.update(t.identifier_value(TASK_SYSTEM) for t in tasks)
+        found_tasks = [*tasks]
         if _KNOWN in answers2:
-            known.update(
-                TaskView(t).identifier_value(TASK_SYSTEM)
-                for t in search_resources(answers2[_KNOWN])[0]
-            )
+            found_tasks.extend(TaskView(t) for t in search_resources(answers2[_KNOWN])[0])
+        known = {k for k, state in states.items() if state == "written"}
+        for found_task in found_tasks:
+            value = found_task.identifier_value(TASK_SYSTEM)
+            if value is not None:
+                known.add(value)
         plan = planned(tasks, focus)
         reasons = [f"{n.outcome}: {n.reason}" for n in plan.no_results]
         fresh = [s for s in plan.slots if s.task_key not in known]

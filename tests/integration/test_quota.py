@@ -65,8 +65,8 @@ async def test_the_clients_point_count_is_what_medplum_charged(devserver: DevSer
         created = await admin.create(weight, if_none_exist=f"identifier=urn:test:points|{key}")
         await admin.create(weight, if_none_exist=f"identifier=urn:test:points|{key}")  # a match
         await admin.create(observation(patient.reference, "8302-2", 180, "cm", "2025-01-01"))
-        obs_id = created.resource["id"]
-        version = created.resource["meta"]["versionId"]
+        obs_id = str(created.resource.get("id"))
+        version = str(created.version_id)
         await admin.batch(
             [
                 BundleRequest.read("Patient", patient.reference.split("/")[1]),
