@@ -11,8 +11,8 @@ Subscriptions exist, so they cause no events):
 3. ``no result``: a weight for patients without a height (both bots: insufficient evidence);
 4. ``decision``: a clinician approves the BMI Task of ``approvals`` patients (the review loop);
 5. ``burst``: ``burst`` newer weights per patient written back to back: coalesced per
-   patient (``STARVIT_COALESCE_BY_PATIENT=bmi,obesity``), one computation superseding the
-   pending Task.
+   patient (``STARVIT_COALESCE_BY_PATIENT=bmi,obesity``, ``STARVIT_COALESCE_WINDOW_MS=500``),
+   one computation superseding the pending Task.
 
 Points per event come from the worker's own count (logged per event, ``quota_points``); the
 stand-in's charge for the service membership is reported beside it (they should agree; the
@@ -177,6 +177,8 @@ def run(pg: Postgres, scenario: QuotaScenario) -> dict[str, Any]:
             extra_env={
                 "STARVIT_SWEEP_INTERVAL_SECONDS": "0",
                 "STARVIT_COALESCE_BY_PATIENT": "bmi,obesity",
+                # A burst written back to back arrives within half a second.
+                "STARVIT_COALESCE_WINDOW_MS": "500",
             },
         )
         try:
@@ -229,6 +231,9 @@ def run(pg: Postgres, scenario: QuotaScenario) -> dict[str, Any]:
         name = str(outcome)
         if handler == "review":
             name = f"decision ({outcome})"
+        elif outcome == "proposed" and phases.get(int(event_id)) == "burst":
+            # A newer suggestion cancelling the pending Task and withdrawing its proposal.
+            name = "proposed (superseding)"
         by_outcome.setdefault(name, []).append(points)
         by_phase.setdefault(phases.get(int(event_id), "?"), []).append(points)
     quota = stats.get("fhir_quota", {})

@@ -15,8 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
+from psycopg_pool import AsyncConnectionPool
 
 from app.integrations.medplum import BundleRequest
+from app.integrations.medplum.budget import quota_status
 from devtools.devserver import ADMIN_CLIENT_ID, ADMIN_CLIENT_SECRET, DevServer
 from tests.integration.pipeline_support import (
     Pipeline,
@@ -167,3 +169,10 @@ async def test_paced_workers_drain_a_backlog_without_a_429(
         assert await throttled(devserver) == before, "no 429: the workers slowed down in time"
         retried = [e for e in pipeline.events() if int(e[8]) > 1]
         assert retried == [], "no job attempt failed"
+        # What ops see: the budget as Medplum last reported it, and an empty queue.
+        async with AsyncConnectionPool(database_url, min_size=1, max_size=1) as pool:
+            status = await quota_status(pool)
+        assert status.limit is not None
+        assert 0 < status.limit <= 4000
+        assert status.queued_events == 0
+        assert status.oldest_queued_age_seconds is None

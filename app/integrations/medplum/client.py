@@ -825,10 +825,10 @@ def _entry_points(entry: BundleEntryInput) -> int:
     if method in ("GET", "HEAD"):
         path = url.split("?", 1)[0].strip("/")
         parts = path.split("/")
-        if len(parts) == 2 or (len(parts) == 4 and parts[2] == "_history"):
-            return POINTS["read"]  # read, vread
         if len(parts) in (2, 3) and parts[-1] == "_history":
             return POINTS["history"]
+        if len(parts) == 2 or (len(parts) == 4 and parts[2] == "_history"):
+            return POINTS["read"]  # read, vread
         return POINTS["search"]
     if method == "POST" and _entry_if_none_exist(entry):
         return BUNDLE_CONDITIONAL_CREATE_POINTS
