@@ -21,6 +21,8 @@ are held back, and the age of the oldest event waiting in the queue.
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -37,6 +39,10 @@ log = get_logger(__name__)
 POLICY = "fhirInteractions"
 # A reset more than this far from the recorded one is a new window.
 _NEW_WINDOW_SECONDS = 5.0
+# More than this many reserves left: far from the limit, no shared bookkeeping per request.
+FAR = 3.0
+# How often a process far from the limit still reads and writes the shared row.
+SYNC_SECONDS = 1.0
 
 
 class Pacer(Protocol):
@@ -61,7 +67,12 @@ class QuotaStatus:
 
 
 class SharedBudget:
-    """The PostgreSQL-backed :class:`Pacer` (see the module's description)."""
+    """The PostgreSQL-backed :class:`Pacer` (see the module's description).
+
+    Far from the reserve (more than ``FAR`` reserves left, as Medplum last reported to this
+    process) a request costs no database round trip: the process keeps its own count and
+    looks at the shared row at least every ``SYNC_SECONDS`` (another process's 429). Near the
+    reserve every request goes through the shared row."""
 
     def __init__(
         self,
@@ -70,20 +81,45 @@ class SharedBudget:
         reserve_fraction: float = 0.1,
         policy: str = POLICY,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
         max_wait_seconds: float = 65.0,
     ) -> None:
         self.pool = pool
         self.reserve_fraction = reserve_fraction
         self.policy = policy
         self._sleep = sleep
+        self._clock = clock
         self.max_wait_seconds = max_wait_seconds
         self.waits = 0
         self.waited_seconds = 0.0
+        # This process's view: Medplum's last answer and what was sent since.
+        self._remaining: int | None = None
+        self._ceiling = 0
+        self._reset_at = 0.0
+        self._debt = 0
+        self._blocked_until = 0.0
+        self._synced_at = -math.inf
+        self._written_at = -math.inf
+
+    def _reserve(self) -> float:
+        return self.reserve_fraction * self._ceiling
+
+    def _far(self, points: int, now: float) -> bool:
+        if self._remaining is None or now >= self._reset_at or now < self._blocked_until:
+            return False
+        if now - self._synced_at > SYNC_SECONDS:
+            return False
+        return self._remaining - self._debt - points > FAR * self._reserve()
 
     async def before(self, points: int) -> None:
-        if self.reserve_fraction <= 0 and points >= 0:
-            await self._wait_if_blocked()
+        now = self._clock()
+        if now < self._blocked_until:
+            await self._wait(self._blocked_until - now, reason="blocked")
+            now = self._clock()
+        if self._far(points, now):
+            self._debt += points
             return
+        spent, self._debt = self._debt + points, 0
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
                 """
@@ -94,16 +130,20 @@ class SharedBudget:
                        extract(epoch FROM reset_at - now())::float8,
                        coalesce(extract(epoch FROM blocked_until - now()), 0)::float8
                 """,
-                (points, self.policy),
+                (spent, self.policy),
             )
             row = await cursor.fetchone()
+        self._synced_at = self._clock()
         if row is None:
             await self._wait_if_blocked()
             return  # no answer seen in this window yet: nothing known to pace by
         remaining, ceiling, reset_in, blocked_for = row
+        self._remaining = int(remaining)
+        self._ceiling = max(self._ceiling, int(ceiling))
+        self._reset_at = now + float(reset_in)
         wait = max(0.0, float(blocked_for))
-        reserve = self.reserve_fraction * float(ceiling)
-        if int(remaining) < reserve:
+        self._blocked_until = max(self._blocked_until, now + wait)
+        if self.reserve_fraction > 0 and int(remaining) < self._reserve():
             # Spending this would eat into the reserve: wait for the window to reset.
             wait = max(wait, float(reset_in))
         if wait > 0:
@@ -131,7 +171,24 @@ class SharedBudget:
         policy = status.policy(self.policy) if status is not None else None
         if policy is None:
             return
+        now = self._clock()
         reset = max(0.0, policy.reset_seconds)
+        new_window = (
+            self._remaining is None
+            or now >= self._reset_at
+            or abs(now + reset - self._reset_at) > _NEW_WINDOW_SECONDS
+        )
+        self._remaining = policy.remaining
+        self._debt = 0
+        self._ceiling = max(self._ceiling, policy.remaining)
+        if new_window:
+            self._reset_at = now + reset
+        if throttled:
+            self._blocked_until = max(self._blocked_until, now + reset)
+        near = policy.remaining <= FAR * self._reserve()
+        if not (throttled or new_window or near or now - self._written_at > SYNC_SECONDS):
+            return
+        self._written_at = now
         async with self.pool.connection() as conn:
             await conn.execute(
                 """
