@@ -59,11 +59,16 @@ async def coalesce(
     async with pool.connection() as conn, conn.transaction():
         cursor = await conn.execute(
             """
-            SELECT id FROM starvit.event_keys
-             WHERE handler = %(handler)s AND status = 'queued' AND id > %(id)s
-               AND ((resource_type = %(type)s AND resource_id = %(rid)s)
-                    OR (%(by_patient)s AND patient_id = %(patient)s))
-             LIMIT 1
+            (SELECT id FROM starvit.event_keys
+              WHERE resource_type = %(type)s AND resource_id = %(rid)s
+                AND handler = %(handler)s AND status = 'queued' AND id > %(id)s
+              LIMIT 1)
+            UNION ALL
+            (SELECT id FROM starvit.event_keys
+              WHERE %(by_patient)s AND handler = %(handler)s AND patient_id = %(patient)s
+                AND status = 'queued' AND id > %(id)s
+              LIMIT 1)
+            LIMIT 1
             """,
             {
                 "handler": event.handler,

@@ -9,7 +9,7 @@ budget and the coalescing counters.
   ``fhirInteractions``): the points left and when the window resets, as Medplum last reported
   them, and until when every worker must wait after a 429. Shared by every worker process.
 * ``coalesced_events``: events of one patient and handler computed once: how many were
-  skipped per handler and minute.
+  skipped per handler and minute; ``event_keys_queued_by_patient``: the look-up behind it.
 
 Nothing here is PHI: digests of references, handler names, counts and times.
 
@@ -52,6 +52,9 @@ _UPGRADE = (
         blocked_until timestamptz               -- after a 429: no request before this
     )
     """,
+    # The coalescing look-up: a later waiting event of the same handler and patient.
+    "CREATE INDEX IF NOT EXISTS event_keys_queued_by_patient"
+    " ON starvit.event_keys (handler, patient_id, id) WHERE status = 'queued'",
     """
     CREATE TABLE IF NOT EXISTS starvit.coalesced_events (
         handler text        NOT NULL,
@@ -64,6 +67,7 @@ _UPGRADE = (
 
 _DOWNGRADE = (
     "DROP TABLE IF EXISTS starvit.coalesced_events",
+    "DROP INDEX IF EXISTS starvit.event_keys_queued_by_patient",
     "DROP TABLE IF EXISTS starvit.medplum_budget",
     "DROP TABLE IF EXISTS starvit.derived_slots",
 )
