@@ -259,9 +259,10 @@ class BotHandler(EventHandler):
         second: dict[str, BundleEntryInput] = {
             _PENDING: BundleRequest.search("Task", pending_tasks_query(patient))
         }
-        # Keys whose earlier write has an unknown outcome (or every key, without a ledger).
+        # Keys whose earlier write has an unknown outcome (or every unwritten key, without a
+        # complete ledger).
         uncertain = [k for k in keys if states.get(k) != "written"]
-        if ledger is not None:
+        if ledger is not None and ledger.complete:
             uncertain = [k for k in uncertain if states.get(k) == "claimed"]
         if uncertain:
             identifiers = ",".join(f"{TASK_SYSTEM}|{k}" for k in uncertain)

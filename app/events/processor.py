@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from app.events.ledger import PostgresSlotLedger
 from app.handlers.protocol import HandlerContext, PermanentFailure, Processed
 from app.integrations.medplum import metered
 from app.observability.logging import get_logger
@@ -45,6 +46,10 @@ class EventProcessor:
         if handler is None:
             raise PermanentFailure("unknown_handler")
         started = time.perf_counter()
+        ledger = self.context.ledger
+        if isinstance(ledger, PostgresSlotLedger) and not ledger.complete:
+            # Once per database: the suggestions written before the ledger existed.
+            await ledger.backfill(self.context.medplum)
         with metered() as meter:
             result = await handler.handle(
                 event, replace(self.context, trace_id=trace_id, event_id=event.id)

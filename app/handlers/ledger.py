@@ -5,7 +5,8 @@ A bot's suggestion has a deterministic key. Asking Medplum whether it exists cos
 (20 points) and a conditional create costs 140 instead of 100: the ledger answers the same
 question from the service's own database. A key is ``claimed`` before its writes are sent and
 ``written`` once Medplum confirmed them; a claimed key whose outcome is unknown (a timeout, a
-crash) is the one case where Medplum is asked.
+crash) is the one case where Medplum is asked (and every unknown key while the ledger is not
+yet complete: a database that existed before the ledger).
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ type SlotState = Literal["claimed", "written"]
 
 
 class SlotLedger(Protocol):
+    @property
+    def complete(self) -> bool:
+        """Whether every suggestion ever written is in the ledger (it was filled from Medplum
+        once, see :meth:`app.events.ledger.PostgresSlotLedger.backfill`): only then does a key
+        the ledger does not know mean a new suggestion. Until then unknown keys are searched
+        for in Medplum."""
+        ...
+
     async def states(self, keys: Iterable[str]) -> Mapping[str, SlotState]:
         """The state of each known key (unknown keys are left out)."""
         ...
