@@ -163,6 +163,22 @@ class Settings(BaseSettings):
     otel_endpoint: str | None = None
     service_name: str = "starvit"
 
+    # --- Medplum quota: what each event spends and how fast the workers may spend it ---
+    # Per-event AuditEvents in Medplum: "failures" writes one only for an event whose action
+    # failed or was refused (outcome 4); a success is recorded by its Provenance and every
+    # event's outcome by the events table. "all" writes one per acted-on event (140 points).
+    medplum_audit_events: Literal["failures", "all"] = "failures"
+    # The share of the FHIR quota window the workers keep in reserve: they slow down when the
+    # points left fall under it (0 turns pacing off; a 429 still waits as Medplum says).
+    medplum_quota_reserve: float = Field(default=0.1, ge=0, lt=1)
+    # Coalescing: events of one patient and handler arriving within this many milliseconds of
+    # each other are computed once, on the newest state (0 turns it off).
+    coalesce_window_ms: int = Field(default=0, ge=0, le=60_000)
+    # Handlers whose result depends on the patient's newest data, not on which of the
+    # patient's resources was notified: their events coalesce per patient (see
+    # app/events/coalesce.py); every handler's events coalesce per resource.
+    coalesce_by_patient: Annotated[list[str], NoDecode] = Field(default_factory=list[str])
+
     @field_validator("webhook_secrets", mode="before")
     @classmethod
     def _parse_secrets(cls, value: object) -> object:
@@ -183,7 +199,11 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "medplum_allowed_hosts", "clinician_role_codes", "trusted_proxies", mode="before"
+        "medplum_allowed_hosts",
+        "clinician_role_codes",
+        "trusted_proxies",
+        "coalesce_by_patient",
+        mode="before",
     )
     @classmethod
     def _parse_hosts(cls, value: object) -> object:

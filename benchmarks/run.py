@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import e2e, receiver, report
+from benchmarks import quota as quota_bench
 from benchmarks.servers import Postgres, machine
 
 
@@ -27,6 +28,10 @@ class Plan:
     # Further end-to-end runs shown beside the main one (not judged against the targets).
     extra_live: tuple[e2e.Scenario, ...] = field(default_factory=tuple[e2e.Scenario, ...])
     scale: tuple[e2e.Scenario, ...] = field(default_factory=tuple[e2e.Scenario, ...])
+    # The clinic-day script under the default FHIR quota and with the quota raised.
+    quota: tuple[quota_bench.QuotaScenario, ...] = field(
+        default_factory=tuple[quota_bench.QuotaScenario, ...]
+    )
 
 
 FULL = Plan(
@@ -49,6 +54,10 @@ FULL = Plan(
         for _ in range(2)
         for processes in (1, 2)
     ),
+    quota=(
+        quota_bench.QuotaScenario("quota_default", patients=30, quota=50_000, approvals=15),
+        quota_bench.QuotaScenario("quota_raised", patients=30, quota=100_000_000, approvals=15),
+    ),
 )
 QUICK = Plan(
     receiver=receiver.Plan(
@@ -66,6 +75,9 @@ QUICK = Plan(
         e2e.Scenario(
             "scale2", observations=20, rate=50, patients=10, backlog=True, worker_processes=2
         ),
+    ),
+    quota=(
+        quota_bench.QuotaScenario("quota_default", patients=3, quota=50_000, approvals=2, burst=2),
     ),
 )
 
@@ -113,6 +125,12 @@ def run(plan: Plan, *, quick: bool) -> dict[str, Any]:
             scale.append(e2e.run(pg, scenario))
             _progress(f"scale-out, {scenario.worker_processes} worker process(es)", step)
         results["scale"] = scale
+        quota_runs: list[dict[str, Any]] = []
+        for scenario in plan.quota:
+            step = time.monotonic()
+            quota_runs.append(quota_bench.run(pg, scenario))
+            _progress(f"quota, {scenario.quota:,} points a minute", step)
+        results["quota"] = quota_runs
     finally:
         pg.stop()
     results["duration_s"] = time.monotonic() - started

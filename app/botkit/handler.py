@@ -1,10 +1,13 @@
-"""A clinical bot as a handler: one batch read, the bot's pure ``compute``, one write.
+"""A clinical bot as a handler: one batch read, the bot's pure ``compute``, and only when
+something new is suggested a second read and one write.
 
 An event reads, in a single named batch, the notified resource's *current* version (so an event
 that arrives late or out of order computes on the newest state, and duplicates of older versions
-collapse onto the same deterministic identifiers), the Patient, the bot's prefetch queries and
-the patient's pending review Tasks with their focus resources. It then writes the plan
-(proposals, review Task, Provenance, supersession) and an AuditEvent in one transaction.
+collapse onto the same deterministic identifiers), the Patient and the bot's prefetch queries.
+A suggestion the ledger of derived writes already holds ends there (``unchanged``); a new one
+reads the patient's pending review Tasks with their focus resources and writes the plan
+(proposals, review Task, Provenance, supersession) in one transaction. See
+:class:`BotHandler` for what each request costs.
 
 Deleted or ``entered-in-error`` evidence withdraws the pending proposals derived from it.
 """
@@ -24,7 +27,8 @@ from app.botkit.identifiers import (
     TASK_CODE_SYSTEM,
     TASK_SYSTEM,
 )
-from app.botkit.plan import plan_writes, withdraw_writes
+from app.botkit.plan import WritePlan, plan_writes, withdraw_writes
+from app.botkit.prefetch import Member, MergedSearch, merge
 from app.botkit.statuses import OPEN_TASK_STATUSES
 from app.fhir.views import PatientView, ResourceView, TaskView
 from app.handlers.protocol import (
@@ -36,10 +40,12 @@ from app.handlers.protocol import (
 )
 from app.handlers.reads import entry_error, search_resources
 from app.handlers.writes import writer_for
-from app.integrations.medplum import BundleRequest
+from app.integrations.medplum import BundleEntryResult, BundleRequest
 from app.integrations.medplum.client import BundleEntryInput
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from app.fhir.resource_json import JSONObject
     from app.fhir.writes import PlannedWrite
     from app.handlers.protocol import HandlerContext, StoredEvent
@@ -88,11 +94,29 @@ _CURRENT = "current version"
 _PATIENT = "patient"
 _PENDING = "pending review Tasks"
 _NOTIFIED = "notified version"
+_KNOWN = "suggestions already written"
+_MERGED = "prefetch "
 
 
 @dataclass(frozen=True, slots=True)
 class BotHandler(EventHandler):
-    """Runs one :class:`~app.botkit.declaration.Bot` for the events of its Subscription."""
+    """Runs one :class:`~app.botkit.declaration.Bot` for the events of its Subscription.
+
+    What an event asks of Medplum, and what it costs (the FHIR quota's points):
+
+    1. one batch read: the notified resource's current version (1), the notified version (1),
+       the Patient (1) and the bot's prefetch searches, those that differ only in their codes
+       sent as one (20 each) -- the whole of an event whose outcome is a ``NoResult``;
+    2. only when the bot suggests something the ledger of derived writes does not already
+       hold: a second batch with the patient's pending review Tasks and their focus (20 + 1
+       each), plus, only for a suggestion whose earlier write has an unknown outcome (or
+       without a ledger), a search for its Task by identifier (20);
+    3. only when something is new: one transaction of plain creates (100 each: proposal,
+       Task, Provenance) and version-guarded updates (supersession), no serialisable
+       conditional entries, so the two bots of one patient never conflict.
+
+    Deleted or withdrawn evidence reads the pending Tasks (step 2) and withdraws them.
+    """
 
     bot: Bot
 
@@ -130,15 +154,16 @@ class BotHandler(EventHandler):
         }
         if not event.deleted:
             # The notified version itself (one point): a notification naming a version Medplum
-            # never had is not an event, and must leave no AuditEvent claiming work.
+            # never had is not an event, and must leave no trace claiming work.
             reads[_NOTIFIED] = BundleRequest.vread(
                 event.resource_type, event.resource_id, event.version_id
             )
+        searches: list[MergedSearch] = []
         if patient is not None:
             reads[_PATIENT] = BundleRequest.read("Patient", patient.removeprefix("Patient/"))
-            for prefetch in declaration.prefetch:
-                reads[prefetch.name] = BundleRequest.search(*template(prefetch.query, patient))
-            reads[_PENDING] = BundleRequest.search("Task", pending_tasks_query(patient))
+            searches = merge([(p.name, *template(p.query, patient)) for p in declaration.prefetch])
+            for i, search in enumerate(searches):
+                reads[f"{_MERGED}{i}"] = BundleRequest.search(search.resource_type, search.query)
         answers = await context.medplum.batch_named(reads)
         requests = 1
 
@@ -158,46 +183,55 @@ class BotHandler(EventHandler):
             return Processed("no_patient", requests)
         patient_entry = answers[_PATIENT]
         patient_json = patient_entry.resource if patient_entry.ok else None
-        prefetched = {p.name: search_resources(answers[p.name])[0] for p in declaration.prefetch}
-        task_json, included = search_resources(answers[_PENDING])
-        tasks = [TaskView(t) for t in task_json if task_is_for_bot(TaskView(t), self.name)]
-        focus = {ResourceView(r).reference: r for r in included}
+        prefetched, short = _split_prefetch(searches, answers)
+        if short:
+            again = await context.medplum.batch_named(
+                {m.name: BundleRequest.search(*template_query(m.query, searches)) for m in short}
+            )
+            requests += 1
+            for m in short:
+                prefetched[m.name] = search_resources(again[m.name])[0]
         now = context.clock()
         reference = event.reference
+        writer = writer_for(context)
 
-        groups: list[list[PlannedWrite]] = []
-        outputs: list[JSONObject] = []
-        reasons: list[str] = []
-        inputs: list[str] = []
         if current is None or ResourceView(current).status in WITHDRAWN_STATUSES:
+            pending = await context.medplum.batch_named(
+                {_PENDING: BundleRequest.search("Task", pending_tasks_query(patient))}
+            )
+            requests += 1
+            tasks, focus = self._pending(pending[_PENDING])
             derived = [t for t in tasks if derived_from(t, reference)]
-            groups.append(
-                withdraw_writes(
-                    derived,
-                    focus,
-                    code="evidence-withdrawn",
-                    text="Evidence deleted or entered in error",
-                    now=now,
-                )
-            )
-            outcome = "retracted" if derived else "nothing_to_retract"
-            outputs.extend({"reference": t.reference} for t in derived)
-        else:
-            view = ResourceView(current)
-            bot_event = BotEvent(
-                interaction=Interaction(event.interaction),
-                resource=view,
-                reference=reference,
-                version_id=view.version_id,
-                patient=patient,
-            )
-            bot_context = BotContext(
-                patient=PatientView(patient_json) if patient_json else None,
-                prefetched=prefetched,
+            withdrawn = withdraw_writes(
+                derived,
+                focus,
+                code="evidence-withdrawn",
+                text="Evidence deleted or entered in error",
                 now=now,
             )
-            effects = self.bot.compute(bot_event, bot_context)
-            plan = plan_writes(
+            outcome = "retracted" if derived else "nothing_to_retract"
+            outputs: list[JSONObject] = [{"reference": t.reference} for t in derived]
+            audit = self._audit(event, reference, [], outputs, outcome, [], now)
+            written = await writer.apply([withdrawn, [audit]], context.trace_id)
+            return Processed(outcome, requests + writer.requests, written)
+
+        view = ResourceView(current)
+        bot_event = BotEvent(
+            interaction=Interaction(event.interaction),
+            resource=view,
+            reference=reference,
+            version_id=view.version_id,
+            patient=patient,
+        )
+        bot_context = BotContext(
+            patient=PatientView(patient_json) if patient_json else None,
+            prefetched=prefetched,
+            now=now,
+        )
+        effects = self.bot.compute(bot_event, bot_context)
+
+        def planned(tasks: list[TaskView], focus: dict[str, JSONObject]) -> WritePlan:
+            return plan_writes(
                 declaration=declaration,
                 event=bot_event,
                 effects=effects,
@@ -207,38 +241,104 @@ class BotHandler(EventHandler):
                 now=now,
                 due_days=context.settings.task_due_days,
             )
-            reasons.extend(f"{n.outcome}: {n.reason}" for n in plan.no_results)
-            existing = {t.identifier_value(TASK_SYSTEM) for t in tasks}
-            fresh = [s for s in plan.slots if s.task_key not in existing]
-            groups.extend(s.writes for s in fresh)
-            for slot in plan.slots:
-                outputs.append({"identifier": {"system": TASK_SYSTEM, "value": slot.task_key}})
-                outputs.append({"identifier": {"system": PROPOSAL_SYSTEM, "value": slot.task_key}})
-            # The notified version and every piece of evidence the effects rest on.
-            inputs = list(
-                dict.fromkeys(
-                    [
-                        view.versioned_reference,
-                        *(
-                            e.versioned
-                            for effect in effects
-                            if not isinstance(effect, NoResult)
-                            for e in effect.evidence
-                        ),
-                    ]
-                )
-            )
-            if fresh:
-                outcome = "proposed"
-            elif plan.slots:
-                outcome = "unchanged"
-            else:
-                outcome = plan.no_results[0].outcome if plan.no_results else "no_result"
-        if outcome == "unchanged":
-            # A re-delivery or a late event whose suggestion already stands: the first run's
-            # writes and AuditEvent stand too, and Medplum's write quota is not spent again.
+
+        # The suggestions' keys, before anything else is read: a plan without pending Tasks
+        # names every slot the effects open.
+        keys = [slot.task_key for slot in planned([], {}).slots]
+        if not keys:
+            plan = planned([], {})
+            outcome = plan.no_results[0].outcome if plan.no_results else "no_result"
+            # Nothing to write: the outcome is the events table's (no AuditEvent, no Task
+            # search). A NoResult is not an action that failed.
             return Processed(outcome, requests)
-        audit = audit_event(
+        ledger = context.ledger
+        states = dict(await ledger.states(keys)) if ledger is not None else {}
+        if all(states.get(k) == "written" for k in keys):
+            return Processed("unchanged", requests)
+
+        second: dict[str, BundleEntryInput] = {
+            _PENDING: BundleRequest.search("Task", pending_tasks_query(patient))
+        }
+        # Keys whose earlier write has an unknown outcome (or every unwritten key, without a
+        # complete ledger).
+        uncertain = [k for k in keys if states.get(k) != "written"]
+        if ledger is not None and ledger.complete:
+            uncertain = [k for k in uncertain if states.get(k) == "claimed"]
+        if uncertain:
+            identifiers = ",".join(f"{TASK_SYSTEM}|{k}" for k in uncertain)
+            second[_KNOWN] = BundleRequest.search(
+                "Task", f"identifier={quote(identifiers, safe='|,:/')}&_count={len(uncertain)}"
+            )
+        answers2 = await context.medplum.batch_named(second)
+        requests += 1
+        tasks, focus = self._pending(answers2[_PENDING])
+        found_tasks = [*tasks]
+        if _KNOWN in answers2:
+            found_tasks.extend(TaskView(t) for t in search_resources(answers2[_KNOWN])[0])
+        known = {k for k, state in states.items() if state == "written"}
+        for found_task in found_tasks:
+            value = found_task.identifier_value(TASK_SYSTEM)
+            if value is not None:
+                known.add(value)
+        plan = planned(tasks, focus)
+        reasons = [f"{n.outcome}: {n.reason}" for n in plan.no_results]
+        fresh = [s for s in plan.slots if s.task_key not in known]
+        found = [k for k in keys if k in known and states.get(k) != "written"]
+        if ledger is not None and event.id and found:
+            await ledger.confirm(self.name, found, event.id)
+        if not fresh:
+            if plan.slots:
+                return Processed("unchanged", requests)
+            outcome = plan.no_results[0].outcome if plan.no_results else "no_result"
+            return Processed(outcome, requests)
+        outputs = []
+        for slot in plan.slots:
+            outputs.append({"identifier": {"system": TASK_SYSTEM, "value": slot.task_key}})
+            outputs.append({"identifier": {"system": PROPOSAL_SYSTEM, "value": slot.task_key}})
+        # The notified version and every piece of evidence the effects rest on.
+        inputs = list(
+            dict.fromkeys(
+                [
+                    view.versioned_reference,
+                    *(
+                        e.versioned
+                        for effect in effects
+                        if not isinstance(effect, NoResult)
+                        for e in effect.evidence
+                    ),
+                ]
+            )
+        )
+        audit = self._audit(event, reference, inputs, outputs, "proposed", reasons, now)
+        fresh_keys = [s.task_key for s in fresh]
+        if ledger is not None and event.id:
+            await ledger.claim(self.name, fresh_keys, event.id)
+        written = await writer.apply(
+            [*(s.writes for s in fresh), [audit]],
+            context.trace_id,
+            # The ledger (or the search just made) established that these suggestions are new.
+            plain_creates=True,
+        )
+        if ledger is not None and event.id:
+            await ledger.confirm(self.name, fresh_keys, event.id)
+        return Processed("proposed", requests + writer.requests, written)
+
+    def _pending(self, entry: BundleEntryResult) -> tuple[list[TaskView], dict[str, JSONObject]]:
+        task_json, included = search_resources(entry)
+        tasks = [TaskView(t) for t in task_json if task_is_for_bot(TaskView(t), self.name)]
+        return tasks, {ResourceView(r).reference: r for r in included}
+
+    def _audit(  # noqa: PLR0917 - internal, three call sites
+        self,
+        event: StoredEvent,
+        reference: str,
+        inputs: list[str],
+        outputs: list[JSONObject],
+        outcome: str,
+        reasons: list[str],
+        now: datetime,
+    ) -> PlannedWrite:
+        return audit_event(
             handler=self.name,
             version=self.version,
             event_reference=reference,
@@ -250,7 +350,27 @@ class BotHandler(EventHandler):
             succeeded=True,
             now=now,
         )
-        groups.append([audit])
-        writer = writer_for(context)
-        written = await writer.apply(groups, context.trace_id)
-        return Processed(outcome, requests + writer.requests, written)
+
+
+def template_query(query: str, searches: list[MergedSearch]) -> tuple[str, str]:
+    """``(resource type, query)`` of a declared search that is already templated."""
+    for search in searches:
+        for member in search.members:
+            if member.query == query:
+                return search.resource_type, query
+    raise KeyError(query)  # pragma: no cover - only called with a member's own query
+
+
+def _split_prefetch(
+    searches: list[MergedSearch], answers: dict[str, BundleEntryResult]
+) -> tuple[dict[str, list[JSONObject]], list[Member]]:
+    prefetched: dict[str, list[JSONObject]] = {}
+    short: list[Member] = []
+    for i, search in enumerate(searches):
+        entry = answers[f"{_MERGED}{i}"]
+        resources = search_resources(entry)[0]
+        page = entry.search_result()
+        split = search.split(resources)
+        prefetched.update(split)
+        short.extend(search.short(split, page_full=page is not None and page.next_url is not None))
+    return prefetched, short

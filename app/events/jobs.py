@@ -24,12 +24,14 @@ from procrastinate.exceptions import ConnectorException as ProcrastinateConnecto
 from psycopg_pool import PoolTimeout
 from sqlalchemy.exc import DBAPIError as SQLAlchemyDBAPIError
 
+from app.events.coalesce import coalesce
 from app.events.heartbeats import (
     WorkerIdentity,
     prune_heartbeats,
     record_heartbeat,
     remove_heartbeat,
 )
+from app.events.ledger import PostgresSlotLedger
 from app.events.processor import EventProcessor
 from app.events.repository import (
     CHECKING_DELETE_PREFIX,
@@ -42,6 +44,7 @@ from app.events.repository import (
 from app.events.sweep import sweep
 from app.handlers.protocol import DELETED_VERSION, PermanentFailure
 from app.integrations.medplum import MedplumError, MedplumNotFound, MedplumPreconditionFailed
+from app.integrations.medplum.budget import SharedBudget
 from app.observability.correlation import correlation_id_var
 from app.observability.logging import get_logger
 
@@ -150,6 +153,8 @@ async def process_event(context: JobContext, event_id: int, trace_id: str | None
         if event.patient_id is None and event.deleted:
             patient = await worker.repo.patient_for(event.resource_type, event.resource_id)
             event = replace(event, patient_id=patient)
+        if await coalesce(worker.database.pool, worker.settings, event):
+            return
         try:
             result = await worker.processor.process(event, trace_id=trace_id)
         except Exception as error:
@@ -484,8 +489,13 @@ async def _session(  # noqa: PLR0917 - private, one caller
     worker_state: WorkerState | None = None
     try:
         register(queue, settings, registry)
+        medplum.pacer = SharedBudget(
+            database.pool, reserve_fraction=settings.medplum_quota_reserve
+        )
         repo = EventRepository(database.pool)
-        processor = EventProcessor(medplum, settings, registry)
+        processor = EventProcessor(
+            medplum, settings, registry, ledger=PostgresSlotLedger(database.pool)
+        )
         worker_state = WorkerState(settings, database, queue, medplum, repo, processor, registry)
         worker_state.jobs_done = _jobs_done_so_far
         install_state(worker_state)

@@ -26,6 +26,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from app.handlers.ledger import SlotLedger
     from app.integrations.medplum import MedplumClient
     from app.settings import Settings
 
@@ -149,6 +150,10 @@ class HandlerContext:
     settings: Settings
     clock: Callable[[], datetime]
     trace_id: str | None = None
+    # The service's ledger of derived writes (None: ask Medplum instead).
+    ledger: SlotLedger | None = None
+    # The id of the event being processed (None outside the event queue).
+    event_id: int | None = None
 
 
 class Handler(Protocol):

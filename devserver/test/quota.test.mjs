@@ -278,3 +278,22 @@ describe('serialization conflicts (MEDPLUM_TRANSACTION_CONFLICTS)', () => {
     }
   });
 });
+
+describe('quota window (MEDPLUM_FHIR_QUOTA_WINDOW_MS)', () => {
+  test('a shortened window resets the quota after its length; t reports it', async () => {
+    const srv = await startServer({ MEDPLUM_FHIR_QUOTA: '150', MEDPLUM_FHIR_QUOTA_WINDOW_MS: '1500' });
+    try {
+      const svc = client(srv.baseUrl, (await token(srv.baseUrl, CLIENTS.service)).access_token);
+      const first = await svc.post('Observation', obs());
+      assert.equal(first.status, 201);
+      const limit = parseRateLimit(first.headers.get('ratelimit')).fhirInteractions;
+      assert.equal(limit.r, 50);
+      assert.ok(limit.t >= 1 && limit.t <= 2, 't is the shortened window');
+      assert.equal((await svc.post('Observation', obs())).status, 429);
+      await new Promise((resolve) => setTimeout(resolve, 1600));
+      assert.equal((await svc.post('Observation', obs())).status, 201, 'a new window');
+    } finally {
+      await srv.stop();
+    }
+  });
+});

@@ -139,6 +139,8 @@ async def test_a_release_0_1_0_database_upgrades_keeping_its_rows(
     assert rows(database_url, "handler") == EXPECTED_ROWS
     assert columns_named(database_url, "bot") == []
     assert columns_named(database_url, "handler") == [
+        "coalesced_events",
+        "derived_slots",
         "event_keys",
         "rejected_deliveries",
         "subscription_health",
@@ -161,7 +163,7 @@ async def test_a_release_0_1_0_database_upgrades_keeping_its_rows(
             " interaction, source) VALUES ('bmi', 'Observation', 'o1', '1', 'update', 'sweep')"
         )
     assert err.value.diag.constraint_name == "event_keys_unique"
-    assert await current_revision(database_url) == head_revision() == "0004_reliability"
+    assert await current_revision(database_url) == head_revision() == "0005_quota"
     assert scalar(database_url, "SELECT to_regclass('starvit.alembic_version') IS NOT NULL")
     assert scalar(database_url, "SELECT to_regclass('public.alembic_version') IS NULL")
     assert scalar(database_url, "SELECT to_regclass('procrastinate_jobs') IS NOT NULL")
@@ -232,6 +234,8 @@ async def test_a_fresh_database_migrates_down_to_base_and_up_again(database_url:
     await migrate(database_url, "head")
     assert await current_revision(database_url) == head_revision()
     assert columns_named(database_url, "handler") == [
+        "coalesced_events",
+        "derived_slots",
         "event_keys",
         "rejected_deliveries",
         "subscription_health",

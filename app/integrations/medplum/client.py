@@ -42,6 +42,7 @@ from app.integrations.medplum.auth import (
     TokenSourceFactory,
     client_credentials,
 )
+from app.integrations.medplum.budget import Pacer
 from app.integrations.medplum.config import MedplumClientConfig
 from app.integrations.medplum.errors import (
     MedplumError,
@@ -76,8 +77,12 @@ JSON_PATCH = "application/json-patch+json"
 USER_AGENT = "starvit-medplum-client/1"
 # Medplum's express.json limit (maxJsonSize "1mb"); larger bodies are a 400 "File too large".
 MAX_JSON_BODY_BYTES = 1_048_576
-# Medplum's FHIR quota, points per interaction (medplum-facts.md §4): benchmarks count these.
-POINTS = {"read": 1, "search": 20, "write": 100}
+# Medplum's FHIR quota, points per interaction (medplum-facts.md §4 and §7), counted as Medplum
+# charges them: a conditional create costs its search on top of the write (120), inside a bundle
+# the bundle's own identity search as well (140); every ``_include``d resource returned costs 1.
+POINTS = {"read": 1, "history": 10, "search": 20, "write": 100}
+CONDITIONAL_CREATE_POINTS = POINTS["write"] + POINTS["search"]
+BUNDLE_CONDITIONAL_CREATE_POINTS = POINTS["write"] + 2 * POINTS["search"]
 
 _EXTENDED = {"X-Medplum": "extended"}
 _OPERATION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9\-]{0,63}$")
@@ -193,6 +198,9 @@ class MedplumClient:
         self._points = 0
         self._clock = clock
         self._last_rate_limit: RateLimitStatus | None = None
+        # The shared quota budget (workers): asked before each FHIR request, told each answer.
+        self.pacer: Pacer | None = None
+        self._throttled = 0
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -244,6 +252,11 @@ class MedplumClient:
     @property
     def retry_count(self) -> dict[str, int]:
         return dict(self._retries)
+
+    @property
+    def throttled_count(self) -> int:
+        """429 answers received (each one retried after Medplum's reset, or failed)."""
+        return self._throttled
 
     @property
     def estimated_points(self) -> int:
@@ -303,7 +316,9 @@ class MedplumClient:
             params=_query_pairs(params),
             headers=_EXTENDED if extended else {},
         )
-        return SearchResult.from_bundle(self._bundle_body(await self._execute(call), call))
+        result = SearchResult.from_bundle(self._bundle_body(await self._execute(call), call))
+        self._charge(len(result.included) * POINTS["read"])
+        return result
 
     async def search_pages(
         self,
@@ -329,6 +344,7 @@ class MedplumClient:
                 headers=_EXTENDED if extended else {},
             )
             page = SearchResult.from_bundle(self._bundle_body(await self._execute(call), call))
+            self._charge(len(page.included) * POINTS["read"])
             pages += 1
             yield page
 
@@ -363,13 +379,15 @@ class MedplumClient:
             url=resource_type,
             resource_type=resource_type,
             idempotent=bool(if_none_exist),
-            points=POINTS["write"],
+            points=CONDITIONAL_CREATE_POINTS if if_none_exist else POINTS["write"],
             content=dumps(resource),
             content_type=FHIR_JSON,
             headers=headers,
         )
         response = await self._execute(call)
         result = self._resource_result(response, call)
+        if if_none_exist and response.status_code == 200:
+            self._charge(-POINTS["write"])  # the match was returned: only the search is charged
         return CreateResult(
             resource=result.resource,
             status_code=result.status_code,
@@ -598,9 +616,21 @@ class MedplumClient:
                 **(_EXTENDED if extended else {}),
             },
         )
-        return parse_bundle_response(self._bundle_body(await self._execute(call), call))
+        response = parse_bundle_response(self._bundle_body(await self._execute(call), call))
+        self._charge(_answer_points(entries, response))
+        return response
 
     # --- machinery -------------------------------------------------------------------------
+
+    def _charge(self, points: int) -> None:
+        """Corrects the points of a request by what its answer showed: ``_include``d resources
+        (1 each), a conditional create that found its match (no write charged)."""
+        if points == 0:
+            return
+        self._points += points
+        meter = _current_meter.get()
+        if meter is not None:
+            meter.points += points
 
     def _write_headers(self, trace_id: str | None) -> dict[str, str]:
         if not self._config.trace_id_header:
@@ -665,6 +695,8 @@ class MedplumClient:
         headers = {"Authorization": f"Bearer {token}", **call.headers}
         if call.content_type is not None:
             headers["Content-Type"] = call.content_type
+        if self.pacer is not None:
+            await self.pacer.before(call.points)
         self._requests[call.kind] += 1
         self._points += call.points
         meter = _current_meter.get()
@@ -697,6 +729,10 @@ class MedplumClient:
         if rate_limit is not None:
             last = self._last_rate_limit
             self._last_rate_limit = last.updated_by(rate_limit) if last else rate_limit
+        if response.status_code == 429:
+            self._throttled += 1
+        if self.pacer is not None:
+            await self.pacer.observe(rate_limit, throttled=response.status_code == 429)
         return response
 
     def _resource_result(self, response: httpx.Response, call: _Call) -> ResourceResult:
@@ -792,9 +828,43 @@ def _entry_method(entry: BundleEntryInput) -> str:
 
 
 def _entry_points(entry: BundleEntryInput) -> int:
+    """What Medplum charges for one bundle entry before its answer is known (the
+    ``_include``d resources of a search are added from the answer)."""
     method, url = _entry_request(entry)
     if method in ("GET", "HEAD"):
         path = url.split("?", 1)[0].strip("/")
-        is_instance_read = "?" not in url and path.count("/") in (1, 3)
-        return POINTS["read"] if is_instance_read else POINTS["search"]
+        parts = path.split("/")
+        if len(parts) in (2, 3) and parts[-1] == "_history":
+            return POINTS["history"]
+        if len(parts) == 2 or (len(parts) == 4 and parts[2] == "_history"):
+            return POINTS["read"]  # read, vread
+        return POINTS["search"]
+    if method == "POST" and _entry_if_none_exist(entry):
+        return BUNDLE_CONDITIONAL_CREATE_POINTS
     return POINTS["write"]
+
+
+def _answer_points(entries: Sequence[BundleEntryInput], response: BundleResponse) -> int:
+    """The points an answer adds to (or takes from) the estimate made before sending."""
+    points = 0
+    for entry, answer in zip(entries, response.entries, strict=False):
+        page = answer.search_result() if answer.ok else None
+        if page is not None:
+            points += len(page.included) * POINTS["read"]
+        elif (
+            answer.status_code == 200
+            and _entry_method(entry) == "POST"
+            and _entry_if_none_exist(entry)
+        ):
+            points -= POINTS["write"]  # nothing was written
+    return points
+
+
+def _entry_if_none_exist(entry: BundleEntryInput) -> str | None:
+    if isinstance(entry, BundleRequest):
+        return entry.if_none_exist
+    request = entry.get("request")
+    if isinstance(request, Mapping):
+        typed: Mapping[str, object] = request  # pyright: ignore[reportUnknownVariableType]
+        return get_str(typed, "ifNoneExist")
+    return None
