@@ -24,8 +24,9 @@ from app.botkit.identifiers import (
     TASK_CODE_SYSTEM,
     TASK_SYSTEM,
 )
-from app.botkit.plan import plan_writes, withdraw_writes
-from app.botkit.statuses import OPEN_TASK_STATUSES
+from app.botkit.plan import PlanSettings, plan_writes, withdraw_writes
+from app.botkit.review_list import is_results_review
+from app.botkit.statuses import APPROVING, OPEN_TASK_STATUSES, REJECTING
 from app.fhir.views import PatientView, ResourceView, TaskView
 from app.handlers.protocol import (
     EventHandler,
@@ -74,6 +75,24 @@ def pending_tasks_query(patient: str) -> str:
     )
 
 
+def decided_tasks_query(patient: str) -> str:
+    """The patient's decided review Tasks, newest first, with their focus (for "already
+    ordered" and a rejection's snooze)."""
+    statuses = ",".join(sorted(APPROVING | REJECTING))
+    return (
+        f"subject={quote(patient)}&status={statuses}&_tag={quote(f'{TAG_SYSTEM}|{TAG_CODE}')}"
+        "&_sort=-_lastUpdated&_include=Task:focus&_count=50"
+    )
+
+
+def pending_items_query(patient: str) -> str:
+    """The patient's pending derived Observations (the results-review list's items)."""
+    return (
+        f"subject={quote(patient)}&status=preliminary"
+        f"&_tag={quote(f'{TAG_SYSTEM}|{TAG_CODE}')}&_count=100"
+    )
+
+
 def template(query: str, patient: str) -> tuple[str, str]:
     """A prefetch query for ``patient``: ``(resource type, search parameters)``."""
     resolved = query.replace("{{patient}}", quote(patient, safe="/")).replace(
@@ -87,6 +106,8 @@ def template(query: str, patient: str) -> tuple[str, str]:
 _CURRENT = "current version"
 _PATIENT = "patient"
 _PENDING = "pending review Tasks"
+_DECIDED = "decided review Tasks"
+_ITEMS = "pending derived results"
 _NOTIFIED = "notified version"
 
 
@@ -139,6 +160,8 @@ class BotHandler(EventHandler):
             for prefetch in declaration.prefetch:
                 reads[prefetch.name] = BundleRequest.search(*template(prefetch.query, patient))
             reads[_PENDING] = BundleRequest.search("Task", pending_tasks_query(patient))
+            reads[_DECIDED] = BundleRequest.search("Task", decided_tasks_query(patient))
+            reads[_ITEMS] = BundleRequest.search("Observation", pending_items_query(patient))
         answers = await context.medplum.batch_named(reads)
         requests = 1
 
@@ -162,6 +185,13 @@ class BotHandler(EventHandler):
         task_json, included = search_resources(answers[_PENDING])
         tasks = [TaskView(t) for t in task_json if task_is_for_bot(TaskView(t), self.name)]
         focus = {ResourceView(r).reference: r for r in included}
+        review_list = next(
+            (TaskView(t) for t in task_json if is_results_review(TaskView(t))), None
+        )
+        decided_json, decided_focus = search_resources(answers[_DECIDED])
+        decided = [TaskView(t) for t in decided_json if task_is_for_bot(TaskView(t), self.name)]
+        focus.update({ResourceView(r).reference: r for r in decided_focus})
+        items = {ResourceView(r).reference: r for r in search_resources(answers[_ITEMS])[0]}
         now = context.clock()
         reference = event.reference
 
@@ -205,11 +235,18 @@ class BotHandler(EventHandler):
                 pending_tasks=tasks,
                 pending_focus=focus,
                 now=now,
-                due_days=context.settings.task_due_days,
+                decided_tasks=decided,
+                review_list=review_list,
+                pending_items=items,
+                settings=PlanSettings(
+                    due_days=context.settings.task_due_days,
+                    urgent_due_hours=context.settings.urgent_task_due_hours,
+                    snooze_days=context.settings.suggestion_snooze_days,
+                ),
             )
             reasons.extend(f"{n.outcome}: {n.reason}" for n in plan.no_results)
             existing = {t.identifier_value(TASK_SYSTEM) for t in tasks}
-            fresh = [s for s in plan.slots if s.task_key not in existing]
+            fresh = [s for s in plan.slots if s.writes and s.task_key not in existing]
             groups.extend(s.writes for s in fresh)
             for slot in plan.slots:
                 outputs.append({"identifier": {"system": TASK_SYSTEM, "value": slot.task_key}})
@@ -230,7 +267,7 @@ class BotHandler(EventHandler):
             )
             if fresh:
                 outcome = "proposed"
-            elif plan.slots:
+            elif plan.slots or plan.unchanged:
                 outcome = "unchanged"
             else:
                 outcome = plan.no_results[0].outcome if plan.no_results else "no_result"

@@ -10,6 +10,7 @@ from app.botkit.declaration import (
     Interaction,
     NoResult,
     OpenReviewTask,
+    Retract,
     ProposeObservation,
     ProposeRequest,
 )
@@ -233,9 +234,13 @@ class TestObesity:
         assert "USPSTF" in task.rationale
         assert task.evidence == request.evidence
 
-    def test_below_30_nothing(self) -> None:
+    def test_below_30_proposes_nothing_and_retracts_a_pending_referral(self) -> None:
         w = weight("w1", 86.5, "2024-05-02T09:30:00+01:00")  # 29.93 -> 29.9
-        assert run(OBESITY, w, weights=[w], heights=[H]) == []
+        [retract] = run(OBESITY, w, weights=[w], heights=[H])
+        assert isinstance(retract, Retract)
+        assert retract.slot == "weight-management"
+        assert "29.9" in retract.reason
+        assert "below 30" in retract.reason
 
     def test_no_bmi_passes_the_reason(self) -> None:
         w = weight("w1", 120, "2024-05-02T09:30:00+01:00")
