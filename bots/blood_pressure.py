@@ -392,7 +392,13 @@ class BloodPressureBot:
             return [*effects, NoResult(assessment.reason or "no average", assessment.outcome.value)]
         return [
             *effects,
-            *average_effects(assessment, assessment.systolic, assessment.diastolic, window),
+            *average_effects(
+                assessment,
+                assessment.systolic,
+                assessment.diastolic,
+                # Only the readings the average used: a bad one is excluded on its own.
+                [s for s in window if s.reading in assessment.readings],
+            ),
         ]
 
     @staticmethod

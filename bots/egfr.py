@@ -201,14 +201,11 @@ def aki_effects(history: list[TimedObservation]) -> list[Effect]:
 
 
 def ckd_effects(
-    series: list[EgfrValue], context: BotContext, patient: str | None
+    newest: EgfrValue, series: list[EgfrValue], context: BotContext, patient: str | None
 ) -> list[Effect]:
-    """The KDIGO action for the newest eGFR of the series (its specimen's time): a referral
-    for G4-G5, a staging review for G3 persisting 90 days, or withdrawal of what no longer
-    holds."""
-    if not series:
-        return []
-    newest = max(series, key=lambda value: value.creatinine.effective_at)
+    """The KDIGO action for ``newest`` (the notified result; ``series`` holds the results up
+    to its time): a referral for G4-G5, a staging review for G3 persisting 90 days, or
+    withdrawal of what no longer holds."""
     when = newest.creatinine.effective_at
     value = newest.result.value or 0.0
     referral = referral_suggestion(value)
@@ -356,7 +353,10 @@ class EgfrBot:
             return [*effects, *aki]
         effects.extend(
             ckd_effects(
-                egfr_series(history, birth_date, sex), context, patient_reference(event, notified)
+                value,
+                egfr_series(history, birth_date, sex),
+                context,
+                patient_reference(event, notified),
             )
         )
         return effects

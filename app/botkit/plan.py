@@ -232,6 +232,24 @@ class PlanSettings:
     snooze_days: Mapping[str, int] = field(default_factory=dict[str, int])
 
 
+def identifier_values(resource: JSONObject, system: str) -> list[str]:
+    """Every value of ``system`` a resource carries: a suggestion updated in place keeps the
+    keys of every content it held, so a replay of any of them is recognised."""
+    return [
+        get_str(i, "value") or ""
+        for i in get_objects(resource, "identifier")
+        if get_str(i, "system") == system
+    ]
+
+
+def _add_identifier(resource: JSONObject, previous: JSONObject, system: str, value: str) -> None:
+    kept = [i for i in get_objects(previous, "identifier")]
+    values = identifier_values(previous, system)
+    if value not in values:
+        kept.append({"system": system, "value": value})
+    resource["identifier"] = list[JSONValue](kept)
+
+
 def _codes(task: TaskView) -> set[str]:
     return {get_str(c, "code") or "" for c in _task_codings(task)}
 
@@ -386,7 +404,11 @@ def plan_writes(  # noqa: C901, PLR0912 - one decision table, read top to bottom
             for old in pending_tasks
             if old.status in OPEN_TASK_STATUSES and info.code in _codes(old)
         ]
-        if any(old.identifier_value(TASK_SYSTEM) == key for old in open_tasks):
+        if any(
+            key in identifier_values(old.json, TASK_SYSTEM)
+            for old in [*pending_tasks, *(decided_tasks or [])]
+        ):
+            # This exact suggestion stands, or was decided or withdrawn already: a replay.
             plan.unchanged.append(slot)
             continue
         if evidence_time is not None and (newer := _newer_pending(open_tasks, evidence_time)):
@@ -408,7 +430,8 @@ def plan_writes(  # noqa: C901, PLR0912 - one decision table, read top to bottom
             continue
         if open_tasks:
             newest = max(open_tasks, key=lambda t: task_evidence_time(t) or now)
-            writes = _update_in_place(info, newest, declaration, patient, event, now, focus_map, config)
+            known = {**items_map, **focus_map}
+            writes = _update_in_place(info, newest, declaration, patient, event, now, known, config)
             for old in open_tasks:
                 if old is not newest:
                     writes.extend(_supersede(old, key, focus_map.get(old.focus or ""), now))
@@ -538,10 +561,13 @@ def _create(
         evidence = info.review.evidence
         focus_url = evidence[0].versioned if evidence else event.reference
     task_url = urn(f"task:{info.key}")
+    task_json = _with_proposal_inputs(
+        _task_json(info, focus_url, declaration, patient, now, config), targets[:-1]
+    )
     writes.append(
         PlannedWrite(
             "POST",
-            _task_json(info, focus_url, declaration, patient, now, config),
+            task_json,
             full_url=task_url,
             if_none_exist=f"identifier={TASK_SYSTEM}|{info.key}",
         )
@@ -551,40 +577,70 @@ def _create(
     return writes
 
 
-def _update_in_place(  # noqa: PLR0913, PLR0917 - internal step of plan_writes
+PROPOSAL_INPUT = "proposal"
+
+
+def _task_proposals(task: TaskView) -> list[str]:
+    """The proposals a review Task was written for (its focus and its ``proposal`` inputs)."""
+    refs = [task.focus] if task.focus else []
+    for entry in get_objects(task.json, "input"):
+        kind = entry.get("type")
+        value = entry.get("valueReference")
+        if isinstance(kind, dict) and kind.get("text") == PROPOSAL_INPUT and isinstance(value, dict):
+            ref = get_str(value, "reference")
+            if ref and ref not in refs:
+                refs.append(ref)
+    return refs
+
+
+def _with_proposal_inputs(resource: JSONObject, proposals: list[str]) -> JSONObject:
+    inputs = resource.get("input")
+    listed: list[JSONValue] = [
+        {"type": {"text": PROPOSAL_INPUT}, "valueReference": {"reference": ref}}
+        for ref in proposals
+    ]
+    resource["input"] = [*(inputs if isinstance(inputs, list) else []), *listed]
+    return resource
+
+
+def _update_in_place(  # noqa: PLR0917 - internal step of plan_writes
     info: _Slot,
     old: TaskView,
     declaration: BotDeclaration,
     patient: str,
     event: BotEvent,
     now: datetime,
-    focus_map: Mapping[str, JSONObject],
+    known: Mapping[str, JSONObject],
     config: PlanSettings,
 ) -> list[PlannedWrite]:
-    """The open Task of the protocol rewritten for newer evidence, its pending proposal too
-    (same resource when the kind is the same), and a Provenance for the new content."""
+    """The open Task of the protocol rewritten for newer evidence, its pending proposals too
+    (the same resource for the same kind), and a Provenance for the new content. Pending
+    proposals the new suggestion has no use for are withdrawn. The rewritten Task and
+    proposals keep their earlier identifiers and gain the new ones, so a replay of any earlier
+    content finds them instead of writing anew."""
     writes: list[PlannedWrite] = []
     targets: list[str] = []
-    old_focus = focus_map.get(old.focus or "")
-    old_view = ResourceView(old_focus) if old_focus is not None else None
-    reusable = (
-        old_view is not None
-        and old_view.tagged(TAG_SYSTEM, TAG_CODE)
-        and proposal_status_after(old_view.resource_type, old_view.status, "withdraw") is not None
-    )
-    focus_ref: str | None = None
-    reused = False
-    for url_key, identifier, resource in _proposals(info, patient, declaration, now):
-        if (
-            reusable
-            and old_view is not None
-            and not reused
-            and resource.get("resourceType") == old_view.resource_type
+    pending: list[ResourceView] = []
+    for ref in _task_proposals(old):
+        resource = known.get(ref)
+        if resource is None:
+            continue
+        view = ResourceView(resource)
+        if view.tagged(TAG_SYSTEM, TAG_CODE) and (
+            proposal_status_after(view.resource_type, view.status, "withdraw") is not None
         ):
-            updated = {**resource, "id": old_view.id}
-            writes.append(PlannedWrite("PUT", updated, if_match_version=old_view.version_id))
-            focus_ref = old_view.reference
-            reused = True
+            pending.append(view)
+    focus_ref: str | None = None
+    for url_key, identifier, resource in _proposals(info, patient, declaration, now):
+        same_kind = next(
+            (v for v in pending if v.resource_type == resource.get("resourceType")), None
+        )
+        if same_kind is not None:
+            pending.remove(same_kind)
+            updated = {**resource, "id": same_kind.id}
+            _add_identifier(updated, same_kind.json, PROPOSAL_SYSTEM, identifier)
+            writes.append(PlannedWrite("PUT", updated, if_match_version=same_kind.version_id))
+            focus_ref = same_kind.reference
         else:
             focus_ref = urn(url_key)
             writes.append(
@@ -596,13 +652,16 @@ def _update_in_place(  # noqa: PLR0913, PLR0917 - internal step of plan_writes
                 )
             )
         targets.append(focus_ref)
-    if reusable and not reused and old_view is not None:
-        writes.extend(_withdraw_proposal(old_view, "Replaced by a suggestion on newer evidence"))
+    for leftover in pending:
+        writes.extend(_withdraw_proposal(leftover, "Replaced by a suggestion on newer evidence"))
+    proposals = list(targets)
     if focus_ref is None:
         evidence = info.review.evidence
         focus_ref = evidence[0].versioned if evidence else event.reference
     updated_task = _task_json(info, focus_ref, declaration, patient, now, config)
+    _with_proposal_inputs(updated_task, proposals[:-1])
     updated_task["id"] = old.id
+    _add_identifier(updated_task, old.json, TASK_SYSTEM, info.key)
     updated_task["lastModified"] = now.isoformat()
     updated_task["businessStatus"] = {
         "text": "Awaiting clinician review (updated in place for newer evidence)"
@@ -647,7 +706,7 @@ class _Listing:
         previous = self.items_map.get(current.reference) if current is not None else None
         if previous is not None:
             prior = ResourceView(previous)
-            if prior.identifier_value(PROPOSAL_SYSTEM) == info.key:
+            if info.key in identifier_values(previous, PROPOSAL_SYSTEM):
                 plan.unchanged.append(info.review.slot)
                 return
             prior_time = parse_datetime(get_str(previous, "effectiveDateTime"))
@@ -664,11 +723,9 @@ class _Listing:
                     )
                 )
                 return
-            writes = [
-                PlannedWrite(
-                    "PUT", {**resource, "id": prior.id}, if_match_version=prior.version_id
-                )
-            ]
+            replaced = {**resource, "id": prior.id}
+            _add_identifier(replaced, previous, PROPOSAL_SYSTEM, info.key)
+            writes = [PlannedWrite("PUT", replaced, if_match_version=prior.version_id)]
             reference = prior.reference
             action = "updated"
         else:

@@ -33,7 +33,7 @@ def bmi_effects(*resources: JSONObject, notified: JSONObject | None = None) -> l
 class TestDeclaration:
     def test_bmi(self) -> None:
         d = BMI.declaration
-        assert (d.name, d.version) == ("bmi", "1.1.0")
+        assert (d.name, d.version) == ("bmi", "1.2.0")
         assert (
             d.trigger.criteria
             == "Observation?code=http://loinc.org|29463-7,http://loinc.org|8302-2"
@@ -48,7 +48,7 @@ class TestDeclaration:
 
     def test_obesity(self) -> None:
         d = OBESITY.declaration
-        assert (d.name, d.version) == ("obesity", "1.1.0")
+        assert (d.name, d.version) == ("obesity", "1.2.0")
         assert d.trigger.criteria == BMI.declaration.trigger.criteria
         assert "USPSTF" in d.citation.source or "Preventive" in d.citation.source
 

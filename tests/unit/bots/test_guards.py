@@ -89,7 +89,9 @@ def test_refused_results_do_not_count_in_the_ckd_series() -> None:
     old = with_comparator(observation("c0", "2160-0", 3.0, "mg/dL", "2024-01-01T08:00:00Z"), ">")
     new = observation("c1", "2160-0", 3.0, "mg/dL", "2024-05-01T08:00:00Z")
     effects = run(EGFR, new, WOMAN_60, creatinine=[new, old])
-    assert [type(e) for e in effects] == [ProposeObservation, OpenReviewTask]
+    # G4 by itself drafts a referral; the bound must not make a staging review of 120 days.
+    assert not any(isinstance(e, OpenReviewTask) and e.slot == "ckd-staging" for e in effects)
+    assert [type(e) for e in effects][:2] == [ProposeObservation, OpenReviewTask]
 
 
 def test_data_absent_and_entered_in_error_are_not_evidence() -> None:
@@ -177,10 +179,10 @@ def test_an_impossible_earlier_reading_is_left_out_of_the_average() -> None:
     typo = bp_panel("bp0", 1320, 84, "2024-05-01T08:00:00Z")
     first = bp_panel("bp1", 132, 84, "2024-04-25T08:00:00Z")
     notified = bp_panel("bp2", 136, 86, "2024-05-02T08:00:00Z")
-    proposal, _ = run(
+    effects = run(
         BLOOD_PRESSURE, notified, WOMAN_60, **{"blood-pressure": [notified, first, typo]}
     )
-    assert isinstance(proposal, ProposeObservation)
+    proposal = next(e for e in effects if isinstance(e, ProposeObservation))
     assert [c.value for c in proposal.components] == [134, 85]
 
 
