@@ -181,9 +181,7 @@ def aki_effects(history: list[TimedObservation]) -> list[Effect]:
     if finding is None:
         return []
     suggestion = aki_suggestion(finding)
-    used = [
-        c for c in history if c.effective_at in (finding.newest_at, finding.baseline_at)
-    ]
+    used = [c for c in history if c.effective_at in (finding.newest_at, finding.baseline_at)]
     used.sort(key=lambda c: c.effective_at, reverse=True)
     evidence = tuple(Evidence.of(c.view) for c in used)
     return [
@@ -224,8 +222,7 @@ def ckd_effects(
                 slot=REFERRAL_SLOT,
                 title=referral.title,
                 rationale=(
-                    f"{referral.rationale} eGFR {_egfr_text(newest)}. "
-                    f"{cite(KDIGO_2012_REFERRAL)}"
+                    f"{referral.rationale} eGFR {_egfr_text(newest)}. {cite(KDIGO_2012_REFERRAL)}"
                 ),
                 priority="routine",
                 evidence=evidence,

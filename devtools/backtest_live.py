@@ -67,7 +67,9 @@ class Chart:
                 return reference
         return None
 
-    def apply(self, writes: Sequence[PlannedWrite]) -> list[tuple[str, JSONObject, JSONObject | None]]:
+    def apply(
+        self, writes: Sequence[PlannedWrite]
+    ) -> list[tuple[str, JSONObject, JSONObject | None]]:
         """Apply one transaction; returns ``(method, new, previous)`` per resource changed."""
         mapping: dict[str, str] = {}
         created: list[tuple[PlannedWrite, str]] = []
@@ -173,7 +175,9 @@ class _Replay:
     chart: Chart = field(default_factory=Chart)
     shown_at: dict[str, datetime] = field(default_factory=dict[str, datetime])
 
-    def record(self, changes: list[tuple[str, JSONObject, JSONObject | None]], now: datetime) -> None:
+    def record(
+        self, changes: list[tuple[str, JSONObject, JSONObject | None]], now: datetime
+    ) -> None:
         for method, resource, previous in changes:
             if get_str(resource, "resourceType") == "Observation":
                 if method == "POST" or get_str(resource, "status") == "preliminary":
@@ -232,11 +236,7 @@ class _Replay:
         context = type(context)(patient=context.patient, prefetched=context.prefetched, now=now)
         effects = bot.compute(event, context)
         tasks = self.chart.tasks()
-        pending = [
-            t
-            for t in tasks
-            if _open(t.json) and task_is_for_bot(t, bot.declaration.name)
-        ]
+        pending = [t for t in tasks if _open(t.json) and task_is_for_bot(t, bot.declaration.name)]
         review_list = next((t for t in tasks if _open(t.json) and is_results_review(t)), None)
         items = {
             ref: r

@@ -170,8 +170,17 @@ def _burden_json(report: BurdenReport) -> str:
 
 
 def _burden_text(report: BurdenReport) -> list[str]:
-    heads = ("events", "opened", "updated", "open-end", "urgent", "withdrawn", "unseen",
-             "expired", "listed")
+    heads = (
+        "events",
+        "opened",
+        "updated",
+        "open-end",
+        "urgent",
+        "withdrawn",
+        "unseen",
+        "expired",
+        "listed",
+    )
     lines = [
         f"Alert burden of {', '.join(report.bots)} ({report.arrival} arrival): "
         f"{len(report.patients)} patients, nothing written",

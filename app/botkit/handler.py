@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from app.botkit.audit import audit_event
-from app.botkit.declaration import Bot, BotContext, BotEvent, NoResult
+from app.botkit.declaration import Bot, BotContext, BotEvent, NoResult, Retract
 from app.botkit.identifiers import (
     PROPOSAL_SYSTEM,
     TAG_CODE,
@@ -185,9 +185,7 @@ class BotHandler(EventHandler):
         task_json, included = search_resources(answers[_PENDING])
         tasks = [TaskView(t) for t in task_json if task_is_for_bot(TaskView(t), self.name)]
         focus = {ResourceView(r).reference: r for r in included}
-        review_list = next(
-            (TaskView(t) for t in task_json if is_results_review(TaskView(t))), None
-        )
+        review_list = next((TaskView(t) for t in task_json if is_results_review(TaskView(t))), None)
         decided_json, decided_focus = search_resources(answers[_DECIDED])
         decided = [TaskView(t) for t in decided_json if task_is_for_bot(TaskView(t), self.name)]
         focus.update({ResourceView(r).reference: r for r in decided_focus})
@@ -259,7 +257,7 @@ class BotHandler(EventHandler):
                         *(
                             e.versioned
                             for effect in effects
-                            if not isinstance(effect, NoResult)
+                            if not isinstance(effect, NoResult | Retract)
                             for e in effect.evidence
                         ),
                     ]

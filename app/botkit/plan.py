@@ -66,7 +66,6 @@ from app.fhir.resource_json import JSONObject, JSONValue, get_objects, get_str
 from app.fhir.views import ResourceView, TaskView, parse_datetime
 from app.fhir.writes import PlannedWrite, strip_meta
 
-
 type SlotAction = Literal["created", "updated", "listed", "withdrawn"]
 
 
@@ -243,7 +242,7 @@ def identifier_values(resource: JSONObject, system: str) -> list[str]:
 
 
 def _add_identifier(resource: JSONObject, previous: JSONObject, system: str, value: str) -> None:
-    kept = [i for i in get_objects(previous, "identifier")]
+    kept = list(get_objects(previous, "identifier"))
     values = identifier_values(previous, system)
     if value not in values:
         kept.append({"system": system, "value": value})
@@ -271,6 +270,7 @@ def _decided_block(
     review: OpenReviewTask,
     decided: list[TaskView],
     focus: Mapping[str, JSONObject],
+    *,
     snooze: timedelta,
     now: datetime,
 ) -> NoResult | None:
@@ -280,16 +280,17 @@ def _decided_block(
             continue
         if old.status in APPROVING:
             order = focus.get(old.focus or "")
-            if order is not None and ResourceView(order).resource_type in (
-                "ServiceRequest",
-                "CarePlan",
+            order_view = ResourceView(order) if order is not None else None
+            if (
+                order_view is not None
+                and order_view.resource_type in ("ServiceRequest", "CarePlan")
+                and order_view.status == "active"
             ):
-                if ResourceView(order).status == "active":
-                    return NoResult(
-                        f"{review.slot}: the suggestion approved in {old.reference} is still "
-                        f"active ({ResourceView(order).reference}); not repeated",
-                        ALREADY_ORDERED,
-                    )
+                return NoResult(
+                    f"{review.slot}: the suggestion approved in {old.reference} is still "
+                    f"active ({order_view.reference}); not repeated",
+                    ALREADY_ORDERED,
+                )
         elif old.status in REJECTING and old.status_reason_code not in SERVICE_WITHDRAWALS:
             at = _decided_at(old)
             if at is None or now >= at + snooze or review.severity > task_severity(old):
@@ -325,7 +326,7 @@ class _Slot:
     evidence_time: datetime | None
 
 
-def plan_writes(  # noqa: C901, PLR0912 - one decision table, read top to bottom
+def plan_writes(
     *,
     declaration: BotDeclaration,
     event: BotEvent,
@@ -423,7 +424,7 @@ def plan_writes(  # noqa: C901, PLR0912 - one decision table, read top to bottom
             continue
         snooze = timedelta(days=config.snooze_days.get(info.code, policy.snooze.days))
         blocked = _decided_block(
-            info.code, review, decided_tasks or [], focus_map, snooze, now
+            info.code, review, decided_tasks or [], focus_map, snooze=snooze, now=now
         )
         if blocked is not None:
             plan.no_results.append(blocked)
@@ -439,8 +440,10 @@ def plan_writes(  # noqa: C901, PLR0912 - one decision table, read top to bottom
                 SlotPlan(slot, writes, key, "updated", urgent=review.priority == "urgent")
             )
             continue
-        writes = _create(info, declaration, patient, event, now, config)
-        plan.slots.append(SlotPlan(slot, writes, key, "created", urgent=review.priority == "urgent"))
+        writes = _create(info, declaration, patient, event, now=now, config=config)
+        plan.slots.append(
+            SlotPlan(slot, writes, key, "created", urgent=review.priority == "urgent")
+        )
     for slot, retract in retracts.items():
         if slot in tasks:
             continue
@@ -495,6 +498,7 @@ def _task_json(
     focus_ref: str,
     declaration: BotDeclaration,
     patient: str,
+    *,
     now: datetime,
     config: PlanSettings,
 ) -> JSONObject:
@@ -537,6 +541,7 @@ def _create(
     declaration: BotDeclaration,
     patient: str,
     event: BotEvent,
+    *,
     now: datetime,
     config: PlanSettings,
 ) -> list[PlannedWrite]:
@@ -562,7 +567,7 @@ def _create(
         focus_url = evidence[0].versioned if evidence else event.reference
     task_url = urn(f"task:{info.key}")
     task_json = _with_proposal_inputs(
-        _task_json(info, focus_url, declaration, patient, now, config), targets[:-1]
+        _task_json(info, focus_url, declaration, patient, now=now, config=config), targets[:-1]
     )
     writes.append(
         PlannedWrite(
@@ -586,7 +591,11 @@ def _task_proposals(task: TaskView) -> list[str]:
     for entry in get_objects(task.json, "input"):
         kind = entry.get("type")
         value = entry.get("valueReference")
-        if isinstance(kind, dict) and kind.get("text") == PROPOSAL_INPUT and isinstance(value, dict):
+        if (
+            isinstance(kind, dict)
+            and kind.get("text") == PROPOSAL_INPUT
+            and isinstance(value, dict)
+        ):
             ref = get_str(value, "reference")
             if ref and ref not in refs:
                 refs.append(ref)
@@ -658,7 +667,7 @@ def _update_in_place(  # noqa: PLR0917 - internal step of plan_writes
     if focus_ref is None:
         evidence = info.review.evidence
         focus_ref = evidence[0].versioned if evidence else event.reference
-    updated_task = _task_json(info, focus_ref, declaration, patient, now, config)
+    updated_task = _task_json(info, focus_ref, declaration, patient, now=now, config=config)
     _with_proposal_inputs(updated_task, proposals[:-1])
     updated_task["id"] = old.id
     _add_identifier(updated_task, old.json, TASK_SYSTEM, info.key)
@@ -770,7 +779,10 @@ class _Listing:
             return
         if self.existing is not None and not self.items:
             writes = withdraw_writes(
-                [self.existing], {}, code="no-longer-supported", text="No result left to review",
+                [self.existing],
+                {},
+                code="no-longer-supported",
+                text="No result left to review",
                 now=self.now,
             )
             task_write = writes

@@ -14,9 +14,7 @@ from pathlib import Path
 
 SNOMED_SYSTEM = "http://snomed.info/sct"
 # ICD-10 (WHO) and ICD-10-CM code systems as FHIR names them.
-ICD10_SYSTEMS = frozenset(
-    {"http://hl7.org/fhir/sid/icd-10", "http://hl7.org/fhir/sid/icd-10-cm"}
-)
+ICD10_SYSTEMS = frozenset({"http://hl7.org/fhir/sid/icd-10", "http://hl7.org/fhir/sid/icd-10-cm"})
 DATA_FILE = Path(__file__).with_name("data") / "condition_value_sets.json"
 
 DIABETES = "diabetes"

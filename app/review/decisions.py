@@ -493,8 +493,10 @@ def plan_list_review(
         first.outcome,
         decision=decision,
         decider=decider,
-        reasons=[*[r for r in first.reasons if "focus" not in r], f"{len(pending)} listed "
-                 f"result(s) {verb}"],
+        reasons=[
+            *[r for r in first.reasons if "focus" not in r],
+            f"{len(pending)} listed result(s) {verb}",
+        ],
     )
     reason = task.status_reason
     for view in sorted(pending, key=lambda v: v.reference):
@@ -506,9 +508,7 @@ def plan_list_review(
             note: JSONValue = {"text": f"Rejected by clinician: {reason}"}
             updated["note"] = [*(notes if isinstance(notes, list) else []), note]
         plan.writes.append(PlannedWrite("PUT", updated, if_match_version=view.version_id))
-        plan.writes.append(
-            _decision_provenance(task, decider, decision, view, now, per_item=True)
-        )
+        plan.writes.append(_decision_provenance(task, decider, decision, view, now, per_item=True))
     return plan
 
 

@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING
 
 from app import __version__
 from app.botkit.audit import audit_event
-from app.botkit.identifiers import TAG_CODE, TAG_SYSTEM
-from app.botkit.identifiers import IDENTIFIER_BASE
+from app.botkit.identifiers import IDENTIFIER_BASE, TAG_CODE, TAG_SYSTEM
 from app.botkit.plan import withdraw_writes
 from app.botkit.review_list import is_results_review
 from app.botkit.statuses import OPEN_TASK_STATUSES
-from app.fhir.resource_json import JSONObject, JSONValue, get_objects, get_str
+from app.fhir.resource_json import JSONValue, get_objects, get_str
 from app.fhir.views import ResourceView, TaskView, parse_datetime
 from app.fhir.writes import PlannedWrite, strip_meta
 from app.handlers.protocol import PermanentFailure, Processed, Schedule

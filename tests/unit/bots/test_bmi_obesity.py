@@ -10,9 +10,9 @@ from app.botkit.declaration import (
     Interaction,
     NoResult,
     OpenReviewTask,
-    Retract,
     ProposeObservation,
     ProposeRequest,
+    Retract,
 )
 from app.fhir.resource_json import JSONObject
 from bots.bmi import BOT as BMI

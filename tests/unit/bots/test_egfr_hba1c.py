@@ -35,9 +35,7 @@ def egfr(
     conditions: tuple[JSONObject, ...] = (),
 ) -> list[Effect]:
     """The eGFR bot's effects without its ``Retract`` effects (tested on their own)."""
-    effects = run(
-        EGFR, notified, who, creatinine=[notified, *series], conditions=list(conditions)
-    )
+    effects = run(EGFR, notified, who, creatinine=[notified, *series], conditions=list(conditions))
     return [e for e in effects if not isinstance(e, Retract)]
 
 
@@ -120,9 +118,7 @@ class TestEgfr:
         ckd = condition("k1", "431856006", system="http://snomed.info/sct")
         effects = egfr(last, first, conditions=(ckd,))
         assert not any(isinstance(e, OpenReviewTask) and e.slot == "ckd-staging" for e in effects)
-        assert any(
-            isinstance(e, NoResult) and e.outcome == "condition_recorded" for e in effects
-        )
+        assert any(isinstance(e, NoResult) and e.outcome == "condition_recorded" for e in effects)
         icd = condition("k2", "N18.3", system="http://hl7.org/fhir/sid/icd-10-cm")
         effects = egfr(last, first, conditions=(icd,))
         assert not any(isinstance(e, OpenReviewTask) and e.slot == "ckd-staging" for e in effects)
@@ -224,7 +220,7 @@ class TestEgfr:
 
 def a1c(value: float, unit: str = "%", *conditions: JSONObject) -> list[Effect]:
     notified = observation("a1", "4548-4", value, unit, "2024-05-01T08:00:00+02:00", version="2")
-    return run(HBA1C, notified, None, **{"conditions": list(conditions)})
+    return run(HBA1C, notified, None, conditions=list(conditions))
 
 
 class TestHba1c:

@@ -179,9 +179,7 @@ def test_an_impossible_earlier_reading_is_left_out_of_the_average() -> None:
     typo = bp_panel("bp0", 1320, 84, "2024-05-01T08:00:00Z")
     first = bp_panel("bp1", 132, 84, "2024-04-25T08:00:00Z")
     notified = bp_panel("bp2", 136, 86, "2024-05-02T08:00:00Z")
-    effects = run(
-        BLOOD_PRESSURE, notified, WOMAN_60, **{"blood-pressure": [notified, first, typo]}
-    )
+    effects = run(BLOOD_PRESSURE, notified, WOMAN_60, **{"blood-pressure": [notified, first, typo]})
     proposal = next(e for e in effects if isinstance(e, ProposeObservation))
     assert [c.value for c in proposal.components] == [134, 85]
 

@@ -23,10 +23,10 @@ from app.botkit.plan import (
 )
 from app.botkit.review_list import is_results_review, list_items
 from app.botkit.statuses import OPEN_TASK_STATUSES
-from app.fhir.resource_json import JSONObject
+from app.fhir.resource_json import JSONObject, get_object, get_objects, get_str
 from app.fhir.views import ResourceView, TaskView
-from bots.bmi import BOT as BMI
 from bots.blood_pressure import BOT as BLOOD_PRESSURE
+from bots.bmi import BOT as BMI
 from bots.egfr import BOT as EGFR
 from bots.obesity import BOT as OBESITY
 from devtools.backtest_live import Chart
@@ -86,7 +86,11 @@ class Worklist:
         return [
             t
             for t in self.chart.tasks()
-            if code is None or any(c.get("code") == code for c in t.json["code"]["coding"])
+            if code is None
+            or any(
+                get_str(c, "code") == code
+                for c in get_objects(get_object(t.json, "code") or {}, "coding")
+            )
         ]
 
     def open(self, code: str | None = None) -> list[TaskView]:
@@ -132,14 +136,12 @@ def test_newer_evidence_updates_the_one_open_task_in_place() -> None:
     [task] = worklist.open("egfr.ckd-referral")
     assert task.id == first.id  # the same Task, a new version
     assert int(task.version_id) > int(first.version_id)
-    assert "G5" in task.json["code"]["text"]
+    assert "G5" in (get_str(get_object(task.json, "code") or {}, "text") or "")
     assert worklist.focus(task).id == request_id  # the draft referral updated in place
     assert worklist.focus(task).status == "draft"
     assert len(worklist.tasks("egfr.ckd-referral")) == 1  # nothing written and cancelled
     # A corrected version of the same specimen (same clinical time) updates it too.
-    corrected = creatinine(
-        "c-june", 3.9, "2024-06-10T08:00:00Z", status="corrected", version="2"
-    )
+    corrected = creatinine("c-june", 3.9, "2024-06-10T08:00:00Z", status="corrected", version="2")
     worklist.run(EGFR, corrected, now=JUNE, creatinine=[may, corrected])
     assert len(worklist.tasks("egfr.ckd-referral")) == 1
 
@@ -193,7 +195,7 @@ def test_a_normal_bmi_opens_no_task_of_its_own_but_joins_the_review_list() -> No
     [item_again] = list_items(review_again)
     assert item_again.reference == item.reference
     updated = worklist.chart.resources[item.reference]
-    assert updated["valueQuantity"]["value"] == 23.5
+    assert (get_object(updated, "valueQuantity") or {}).get("value") == 23.5
     provenances = [
         r for r in worklist.chart.resources.values() if r["resourceType"] == "Provenance"
     ]
@@ -244,14 +246,17 @@ def test_urgent_tasks_are_due_in_hours_and_record_the_evidence_time() -> None:
     worklist = Worklist()
     crisis = bp_panel("bp1", 182, 121, "2024-06-11T08:00:00Z")
     now = datetime(2024, 6, 11, 9, tzinfo=UTC)
-    worklist.run(BLOOD_PRESSURE, crisis, now=now, **{"blood-pressure": [crisis]})
+    readings = {"blood-pressure": [crisis]}
+    worklist.run(BLOOD_PRESSURE, crisis, now=now, **readings)  # pyright: ignore[reportArgumentType]
     [task] = worklist.open("blood-pressure.hypertensive-crisis")
     assert task.json["priority"] == "urgent"
-    due = datetime.fromisoformat(task.json["restriction"]["period"]["end"])
+    period = get_object(get_object(task.json, "restriction") or {}, "period") or {}
+    due = datetime.fromisoformat(get_str(period, "end") or "")
     assert due - now == timedelta(hours=4)
-    assert {"url": EVIDENCE_TIME_URL, "valueDateTime": "2024-06-11T08:00:00+00:00"} in task.json[
-        "extension"
-    ]
+    assert {
+        "url": EVIDENCE_TIME_URL,
+        "valueDateTime": "2024-06-11T08:00:00+00:00",
+    } in get_objects(task.json, "extension")
 
 
 def test_pregnancy_or_recorded_obesity_suppresses_the_referral() -> None:
