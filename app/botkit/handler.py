@@ -24,7 +24,7 @@ from app.botkit.identifiers import (
     TASK_CODE_SYSTEM,
     TASK_SYSTEM,
 )
-from app.botkit.plan import PlanSettings, plan_writes, withdraw_writes
+from app.botkit.plan import PlanSettings, plan_writes, withdraw_listed, withdraw_writes
 from app.botkit.review_list import is_results_review
 from app.botkit.statuses import APPROVING, OPEN_TASK_STATUSES, REJECTING
 from app.fhir.views import PatientView, ResourceView, TaskView
@@ -208,7 +208,16 @@ class BotHandler(EventHandler):
                     now=now,
                 )
             )
-            outcome = "retracted" if derived else "nothing_to_retract"
+            listed = withdraw_listed(
+                review_list,
+                items,
+                reference,
+                bot=self.name,
+                text="Evidence deleted or entered in error",
+                now=now,
+            )
+            groups.append(listed)
+            outcome = "retracted" if derived or listed else "nothing_to_retract"
             outputs.extend({"reference": t.reference} for t in derived)
         else:
             view = ResourceView(current)

@@ -842,3 +842,55 @@ def _task_codings(task: TaskView) -> list[JSONObject]:
         return []
     codings = code.get("coding")
     return [c for c in codings if isinstance(c, dict)] if isinstance(codings, list) else []
+
+
+def withdraw_listed(
+    review_list: TaskView | None,
+    items: Mapping[str, JSONObject],
+    evidence: str,
+    *,
+    bot: str,
+    text: str,
+    now: datetime,
+) -> list[PlannedWrite]:
+    """Remove from the results-review list the bot's pending items derived from ``evidence``
+    (deleted or entered in error) and withdraw them; the list is cancelled when nothing is
+    left. Guarded by the list's version."""
+    if review_list is None or review_list.status not in OPEN_TASK_STATUSES:
+        return []
+    prefix = f"{evidence}/_history/"
+    keep: list[ListItem] = []
+    withdrawn: list[PlannedWrite] = []
+    for item in list_items(review_list):
+        resource = items.get(item.reference)
+        derived = (
+            resource is not None
+            and item.code.startswith(f"{bot}.")
+            and any(
+                (ref := get_str(d, "reference")) is not None
+                and (ref == evidence or ref.startswith(prefix))
+                for d in get_objects(resource, "derivedFrom")
+            )
+        )
+        if resource is not None and derived:
+            withdrawn.extend(_withdraw_proposal(ResourceView(resource), text))
+        else:
+            keep.append(item)
+    if not withdrawn:
+        return []
+    if not keep:
+        task_writes = withdraw_writes(
+            [review_list], {}, code="evidence-withdrawn", text=text, now=now
+        )
+    else:
+        resource = review_list_task(
+            key=review_list.identifier_value(TASK_SYSTEM) or "",
+            patient=review_list.patient or "",
+            items=keep,
+            now=now,
+            due_days=7,
+            existing=review_list,
+        )
+        resource["restriction"] = review_list.json.get("restriction", resource["restriction"])
+        task_writes = [PlannedWrite("PUT", resource, if_match_version=review_list.version_id)]
+    return [*task_writes, *withdrawn]

@@ -75,6 +75,7 @@ _WITHDRAWAL_TEXT = {
     "superseded": "superseded by a newer suggestion",
     "expired": "withdrawn because it expired without a decision",
     "evidence-withdrawn": "withdrawn because its evidence was deleted or entered in error",
+    "no-longer-supported": "withdrawn because newer evidence no longer supports it",
 }
 
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from app.cli import main as cli_main
 from devtools.devserver import DevServer
-from tests.integration.pipeline_support import Pipeline, observation, running_pipeline
+from tests.integration.pipeline_support import Pipeline, days_ago, observation, running_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +109,7 @@ async def test_a_refused_event_is_dead_lettered_listed_and_replayed(pipeline: Pi
     patient = await pipeline.new_patient()
     height = (
         await pipeline.partner.create(
-            observation(patient, "8302-2", 165, "cm", "2025-01-10T09:00:00Z")
+            observation(patient, "8302-2", 165, "cm", days_ago(60))
         )
     ).resource
     await pipeline.settled()
@@ -122,7 +122,7 @@ async def test_a_refused_event_is_dead_lettered_listed_and_replayed(pipeline: Pi
         status=403, count=100, method="POST", pathPattern="^/fhir/R4/?$", scope="fhir"
     )
     created = await pipeline.partner.create(
-        observation(patient, "29463-7", 95, "kg", "2025-03-01T09:00:00Z")
+        observation(patient, "29463-7", 95, "kg", days_ago(30))
     )
     weight = created.resource
     await pipeline.settled(within=60)
@@ -169,10 +169,11 @@ async def test_a_refused_event_is_dead_lettered_listed_and_replayed(pipeline: Pi
     pending = [
         t
         for t in await pipeline.tasks_for(patient)
-        if t["status"] == "requested" and t["code"]["coding"][0]["code"].startswith("bmi.")
+        if t["status"] == "requested"
+        and t["code"]["coding"][0]["code"].startswith("obesity.")
     ]
     assert len(pending) == 1
-    assert pending[0]["code"]["text"].startswith("Review BMI 34.9")
+    assert "BMI 34.9" in pending[0]["code"]["text"]
 
     code, out, _ = await starvit("jobs", "list", "--status", "failed")
     assert code == 0
