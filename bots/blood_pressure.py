@@ -127,8 +127,9 @@ DECLARATION = BotDeclaration(
     slots=(
         SlotPolicy(AVERAGE_SLOT, actionable=False, window=timedelta(days=90)),
         SlotPolicy(HYPERTENSION_SLOT, window=timedelta(days=90), snooze=timedelta(days=180)),
-        # A crisis reading from days ago is not an emergency to act on now.
-        SlotPolicy(CRISIS_SLOT, window=timedelta(days=2)),
+        # A crisis reading from days ago is not an emergency to act on now; a rejected crisis
+        # alert never silences the next crisis reading (no snooze).
+        SlotPolicy(CRISIS_SLOT, window=timedelta(days=2), snooze=timedelta(0)),
     ),
 )
 

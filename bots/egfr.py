@@ -99,7 +99,7 @@ REFERRAL_SLOT = "ckd-referral"
 STAGING_SLOT = "ckd-staging"
 SLOTS = (
     SlotPolicy(EGFR_SLOT, actionable=False, window=timedelta(days=365)),
-    SlotPolicy(AKI_SLOT, window=timedelta(days=7)),
+    SlotPolicy(AKI_SLOT, window=timedelta(days=7), snooze=timedelta(0)),
     SlotPolicy(REFERRAL_SLOT, window=timedelta(days=180), snooze=timedelta(days=180)),
     SlotPolicy(STAGING_SLOT, window=timedelta(days=365), snooze=timedelta(days=365)),
 )
