@@ -209,6 +209,7 @@ def _slot_key(
 
 # NoResult outcomes of the planning rules (recorded in the AuditEvent).
 OUTSIDE_WINDOW = "outside_window"
+PATIENT_DECEASED = "patient_deceased"  # the bots' NoResult outcome for a deceased patient
 ALREADY_ORDERED = "already_ordered"
 SNOOZED = "snoozed"
 # Status reasons the service itself writes on the Tasks it withdraws (a clinician's rejection
@@ -370,6 +371,39 @@ def plan_writes(
             case NoResult():
                 plan.no_results.append(effect)
     listing = _Listing(review_list, items_map, patient, now, config.due_days)
+    if any(n.outcome == PATIENT_DECEASED for n in plan.no_results):
+        # No new suggestion for a deceased patient, and the pending ones are withdrawn.
+        open_tasks = [t for t in pending_tasks if t.status in OPEN_TASK_STATUSES]
+        if review_list is not None and review_list.status in OPEN_TASK_STATUSES:
+            open_tasks.append(review_list)
+        if open_tasks:
+            plan.slots.append(
+                SlotPlan(
+                    "deceased",
+                    [
+                        *withdraw_writes(
+                            open_tasks,
+                            {**items_map, **focus_map},
+                            code="patient-deceased",
+                            text="Withdrawn: the patient is recorded as deceased",
+                            now=now,
+                        ),
+                        *(
+                            w
+                            for item in (list_items(review_list) if review_list else [])
+                            if (listed := items_map.get(item.reference)) is not None
+                            for w in _withdraw_proposal(
+                                ResourceView(listed),
+                                "Withdrawn: the patient is recorded as deceased",
+                            )
+                        ),
+                    ],
+                    digest(patient, "deceased", *(t.reference for t in open_tasks)),
+                    "withdrawn",
+                    withdrawn=tuple(t.reference for t in open_tasks),
+                )
+            )
+        return plan
     for slot, review in tasks.items():
         key = _slot_key(declaration, patient, slot, review.evidence)
         evidence_time = review.evidence_time

@@ -76,6 +76,7 @@ _WITHDRAWAL_TEXT = {
     "expired": "withdrawn because it expired without a decision",
     "evidence-withdrawn": "withdrawn because its evidence was deleted or entered in error",
     "no-longer-supported": "withdrawn because newer evidence no longer supports it",
+    "patient-deceased": "withdrawn because the patient is recorded as deceased",
 }
 
 

@@ -28,6 +28,7 @@ from app.fhir.views import ResourceView, TaskView
 from bots.blood_pressure import BOT as BLOOD_PRESSURE
 from bots.bmi import BOT as BMI
 from bots.egfr import BOT as EGFR
+from bots.hba1c import BOT as HBA1C
 from bots.obesity import BOT as OBESITY
 from devtools.backtest_live import Chart
 
@@ -289,3 +290,35 @@ def test_a_replayed_event_writes_nothing_new() -> None:
     assert [s for s in plan.slots if s.writes] == []
     after = {ref: ResourceView(r).version_id for ref, r in worklist.chart.resources.items()}
     assert after == before
+
+
+def test_a_deceased_patients_pending_suggestions_are_withdrawn() -> None:
+    worklist = Worklist()
+    g4 = creatinine("c1", 2.0, "2024-05-10T08:00:00Z")
+    worklist.run(EGFR, g4, now=JUNE, creatinine=[g4])
+    [task] = worklist.open("egfr.ckd-referral")
+    dead = {**WOMAN_60, "deceasedDateTime": "2024-06-01"}
+    later = creatinine("c2", 2.1, "2024-06-10T08:00:00Z")
+    worklist.run(EGFR, later, now=JUNE, who=dead, creatinine=[g4, later])
+    assert worklist.open() == []
+    withdrawn = TaskView(worklist.chart.resources[task.reference])
+    assert withdrawn.status_reason_code == "patient-deceased"
+    assert worklist.focus(withdrawn).status == "revoked"
+
+
+def test_a_second_diabetes_range_hba1c_updates_the_task_to_criteria_met() -> None:
+    """Finding 6: the second result >= 6.5 % no longer asks for a confirmatory test."""
+    worklist = Worklist()
+    first = observation("a1", "4548-4", 7.0, "%", "2024-05-01T08:00:00Z")
+    worklist.run(HBA1C, first, now=JUNE, hba1c=[first])
+    [task] = worklist.open("hba1c.diabetes-evaluation")
+    assert worklist.focus(task).resource_type == "ServiceRequest"
+    second = observation("a2", "4548-4", 7.2, "%", "2024-06-01T08:00:00Z")
+    worklist.run(HBA1C, second, now=JUNE, hba1c=[first, second])
+    [updated] = worklist.open("hba1c.diabetes-evaluation")
+    assert updated.id == task.id
+    title = get_str(get_object(updated.json, "code") or {}, "text") or ""
+    assert "confirm" not in title.lower() or "criteria met" in title.lower()
+    assert "second test" not in title.lower()
+    # The draft confirmatory test is withdrawn: two abnormal results meet the ADA criterion.
+    assert ResourceView(worklist.chart.resources[task.focus or ""]).status == "revoked"
