@@ -70,9 +70,7 @@ class Pipeline:
     ) -> tuple[Json, Json]:
         """A height and a weight (by default 60 and 30 days ago: current evidence, inside
         every protocol's window)."""
-        height = await self.partner.create(
-            observation(patient, "8302-2", 165, "cm", days_ago(60))
-        )
+        height = await self.partner.create(observation(patient, "8302-2", 165, "cm", days_ago(60)))
         taken = when or days_ago(30)
         body = await self.partner.create(observation(patient, "29463-7", weight, "kg", taken))
         return height.resource, body.resource

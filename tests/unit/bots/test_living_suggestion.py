@@ -20,6 +20,7 @@ from app.botkit.plan import (
     WritePlan,
     plan_writes,
     task_evidence_time,
+    withdraw_listed,
 )
 from app.botkit.review_list import is_results_review, list_items
 from app.botkit.statuses import OPEN_TASK_STATUSES
@@ -322,3 +323,18 @@ def test_a_second_diabetes_range_hba1c_updates_the_task_to_criteria_met() -> Non
     assert "second test" not in title.lower()
     # The draft confirmatory test is withdrawn: two abnormal results meet the ADA criterion.
     assert ResourceView(worklist.chart.resources[task.focus or ""]).status == "revoked"
+
+
+def test_deleted_evidence_takes_its_item_off_the_results_list() -> None:
+    worklist = Worklist()
+    tall = height("h1", 175, "2024-05-01T08:00:00Z")
+    first = weight_obs("w1", 70, "2024-05-02T08:00:00Z")
+    worklist.run(BMI, first, now=JUNE, weights=[first], heights=[tall])
+    [review] = worklist.open("results-review")
+    [item] = list_items(review)
+    items = {item.reference: worklist.chart.resources[item.reference]}
+    assert withdraw_listed(review, items, "Observation/w1", bot="egfr", text="x", now=JUNE) == []
+    writes = withdraw_listed(review, items, "Observation/w1", bot="bmi", text="deleted", now=JUNE)
+    worklist.chart.apply(writes)
+    assert worklist.open() == []
+    assert ResourceView(worklist.chart.resources[item.reference]).status == "cancelled"
