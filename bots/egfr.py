@@ -342,16 +342,23 @@ class EgfrBot:
                 evidence_time=current.effective_at,
             ),
         ]
-        # The kidney actions as of the notified specimen: results up to its time. During an
-        # AKI-like rise the eGFR is not a steady-state estimate: no staging, no referral.
-        history = [c for c in creatinines if c.effective_at <= current.effective_at]
-        aki = aki_effects(history)
+        # The kidney actions rest on the newest usable result, whichever was notified: a late
+        # older result (an imported history) must not open what the newer one does not
+        # support. During an AKI-like rise the eGFR is not a steady-state estimate: no
+        # staging, no referral.
+        latest = creatinines[-1]
+        if latest.view.reference != current.view.reference:
+            latest_result = egfr_of(latest, birth_date, sex)
+            if isinstance(latest_result, NoResult) or latest_result.value is None:
+                return effects
+            value = EgfrValue(latest, latest_result)
+        aki = aki_effects(creatinines)
         if aki:
             return [*effects, *aki]
         effects.extend(
             ckd_effects(
                 value,
-                egfr_series(history, birth_date, sex),
+                egfr_series(creatinines, birth_date, sex),
                 context,
                 patient_reference(event, notified),
             )

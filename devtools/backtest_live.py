@@ -223,7 +223,7 @@ class _Replay:
             )
             self.record(self.chart.apply(writes), now)
 
-    def event(self, bot: Bot, resource: JSONObject, at: datetime, now: datetime) -> None:
+    def event(self, bot: Bot, resource: JSONObject, now: datetime) -> None:
         view = ObservationView(resource)
         event = BotEvent(
             interaction=Interaction.CREATE,
@@ -232,8 +232,9 @@ class _Replay:
             version_id=view.version_id,
             patient=self.history.reference,
         )
-        context = context_at(bot, self.history, at)
-        context = type(context)(patient=context.patient, prefetched=context.prefetched, now=now)
+        # What Medplum holds when the event is processed: the results up to ``now`` (the
+        # event's own time when results arrive as they are taken; the load time in a bulk load).
+        context = context_at(bot, self.history, now)
         effects = bot.compute(event, context)
         tasks = self.chart.tasks()
         pending = [t for t in tasks if _open(t.json) and task_is_for_bot(t, bot.declaration.name)]
@@ -304,7 +305,7 @@ def replay_patient(
         replay.expire(now)
         seen.add(resource_id)
         try:
-            replay.event(bot, resource, at, now)
+            replay.event(bot, resource, now)
         except Exception:  # a bot or the plan must never raise: count it, keep going
             replay.burden.errors += 1
     replay.burden.events = len(seen)

@@ -169,10 +169,23 @@ class TestEgfr:
         normal = creatinine("c1", 0.7, "2024-02-15T08:00:00Z")
         assert len(egfr(last, older, normal)) == 2
 
-    def test_later_results_do_not_count_for_an_older_specimen(self) -> None:
+    def test_a_late_older_specimen_acts_on_the_newest_result(self) -> None:
+        """An imported older result is listed with its own eGFR, but the kidney actions rest
+        on the newest result held: it never opens what the newest does not support."""
         first = creatinine("c1", 1.2, "2024-01-31T08:00:00Z")
         later = creatinine("c2", 1.2, "2024-05-01T08:00:00Z")
-        assert len(egfr(first, later)) == 2
+        effects = egfr(first, later)
+        proposal = effects[0]
+        assert isinstance(proposal, ProposeObservation)
+        assert proposal.evidence == (Evidence("Observation/c1", "1"),)
+        [staging] = [e for e in effects if isinstance(e, OpenReviewTask) and e.slot != "egfr"]
+        assert staging.slot == "ckd-staging"
+        assert staging.evidence_time is not None
+        assert staging.evidence_time.isoformat() == "2024-05-01T08:00:00+00:00"
+        normal_now = creatinine("c3", 0.6, "2024-05-02T08:00:00Z")
+        late = egfr_all(first, later, normal_now)
+        assert not any(isinstance(e, OpenReviewTask) and e.slot != "egfr" for e in late)
+        assert {e.slot for e in late if isinstance(e, Retract)} == {"ckd-referral", "ckd-staging"}
 
     @pytest.mark.parametrize("gender", ["other", "unknown", None])
     def test_sex_outside_the_equation(self, gender: str | None) -> None:
