@@ -152,20 +152,22 @@ class Hba1cBot:
         patient = patient_reference(event, notified)
         views = merge_observations(notified, context.observations(HISTORY), patient)
         series = usable_measurements(views, *HBA1C_LOINCS)
-        current = next(c for c in series if c.view.reference == notified.reference)
+        # The suggestion rests on the newest usable result held, whichever was notified: a late
+        # older result (an imported history) never opens what the newest does not support.
+        current = series[-1]
         measurement = current.measurement
         result = hba1c(value=measurement.value, unit=measurement.unit)
         if result.value is None:
             return [no_result_of(result)]
         diabetes = recorded(context, DIABETES, patient)
         warning = caveat(context, patient)
-        evidence = (Evidence.of(notified),)
+        evidence = (Evidence.of(current.view),)
         reported_as = (
             "" if measurement.unit == "%" else f" (reported as {quantity_text(measurement)})"
         )
         shown = (
             f"HbA1c {result.value:.1f} %{reported_as} on {day(measurement.effective_at)} "
-            f"({notified.reference})"
+            f"({current.view.reference})"
         )
         suggestion = diabetes_evaluation_suggestion(
             result, has_active_diabetes=diabetes is not None

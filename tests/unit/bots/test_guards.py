@@ -155,12 +155,16 @@ def test_a_second_result_in_the_diabetes_range_says_the_criteria_are_met() -> No
     assert "confirm with a second" not in task.rationale
     assert "two abnormal results confirm" in task.rationale
     assert task.evidence == (Evidence("Observation/a1", "1"), Evidence("Observation/a0", "1"))
-    # An earlier result below 6.5 %, or a later one, does not confirm.
+    # An earlier result below 6.5 % does not confirm.
     normal = a1c("a0", "4548-4", 6.0, "%", "2024-02-01T08:00:00Z")
+    effects = run(HBA1C, notified, hba1c=[notified, normal])
+    assert isinstance(effects[0], ProposeRequest)
+    # A later result held when an older one is notified: the suggestion rests on the newest,
+    # with the notified one as the earlier abnormal result.
     later = a1c("a2", "4548-4", 7.0, "%", "2024-06-01T08:00:00Z")
-    for other in (normal, later):
-        effects = run(HBA1C, notified, hba1c=[notified, other])
-        assert isinstance(effects[0], ProposeRequest)
+    [task] = run(HBA1C, notified, hba1c=[notified, later])
+    assert isinstance(task, OpenReviewTask)
+    assert task.evidence == (Evidence("Observation/a2", "1"), Evidence("Observation/a1", "1"))
 
 
 # ------------------------------------------------------------------------- blood pressure
