@@ -18,7 +18,7 @@ from psycopg import sql
 from app.botkit.identifiers import TAG_CODE, TAG_SYSTEM
 from app.events.signature import subscription_secret
 from app.integrations.medplum import MedplumForbidden
-from app.review.expiry import expire_tasks
+from app.review.expiry import escalate_tasks, expire_tasks
 from app.settings import load_settings
 from app.wiring import medplum_client
 from bots.obesity import BOT as OBESITY
@@ -370,6 +370,61 @@ async def test_undecided_tasks_expire_and_their_proposals_are_withdrawn(
     assert expired["status"] == "cancelled"
     assert expired["statusReason"]["coding"][0]["code"] == "expired"
     assert (await pipeline.read(task["focus"]["reference"]))["status"] == "revoked"
+
+
+async def test_an_urgent_task_never_expires_and_is_escalated_once_overdue(
+    pipeline: Pipeline,
+) -> None:
+    """Finding 7: a crisis reading opens an urgent Task due in hours; it is escalated to the
+    configured target when overdue, audited, and never withdrawn by the expiry."""
+    patient = await pipeline.new_patient()
+    panel = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+        "subject": {"reference": patient},
+        "effectiveDateTime": days_ago(0),
+        "component": [
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                "valueQuantity": {
+                    "value": value,
+                    "unit": "mm[Hg]",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "mm[Hg]",
+                },
+            }
+            for code, value in (("8480-6", 190), ("8462-4", 125))
+        ],
+    }
+    await pipeline.partner.create(panel)
+    await pipeline.settled()
+    [task] = live(await pipeline.tasks_for(patient), "blood-pressure.hypertensive-crisis")
+    assert task["priority"] == "urgent"
+    assert "mmHg" in task["code"]["text"]
+    due = datetime.fromisoformat(task["restriction"]["period"]["end"])
+    authored = datetime.fromisoformat(task["authoredOn"])
+    assert due - authored == timedelta(hours=4)
+    settings = load_settings(
+        medplum_base_url=pipeline.devserver.base_url,
+        medplum_client_secret=pipeline.stack.env()["STARVIT_MEDPLUM_CLIENT_SECRET"],
+        escalation_target="PractitionerRole/on-call",
+    )
+    async with medplum_client(settings) as medplum:
+        assert await escalate_tasks(medplum, settings) == 0  # not overdue yet
+        later = datetime.now(UTC) + timedelta(hours=5)
+        assert await escalate_tasks(medplum, settings, now=later) >= 1
+        assert await escalate_tasks(medplum, settings, now=later) == 0  # once
+        await expire_tasks(medplum, settings, now=datetime.now(UTC) + timedelta(days=31))
+    escalated = await pipeline.read(f"Task/{task['id']}")
+    assert escalated["status"] == "requested"  # never expired
+    assert escalated["priority"] == "stat"
+    assert escalated["owner"] == {"reference": "PractitionerRole/on-call"}
+    audits = await pipeline.search("AuditEvent", _tag=TAG)
+    assert any(
+        "escalated" in str(a.get("outcomeDesc")) and f"Task/{task['id']}" in str(a["entity"])
+        for a in audits
+    )
 
 
 async def test_a_forged_delete_withdraws_nothing(pipeline: Pipeline) -> None:

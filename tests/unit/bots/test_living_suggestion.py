@@ -338,3 +338,40 @@ def test_deleted_evidence_takes_its_item_off_the_results_list() -> None:
     worklist.chart.apply(writes)
     assert worklist.open() == []
     assert ResourceView(worklist.chart.resources[item.reference]).status == "cancelled"
+
+
+def test_a_protocols_snooze_is_configurable() -> None:
+    """``STARVIT_SUGGESTION_SNOOZE_DAYS`` overrides a protocol's declared snooze."""
+    worklist = Worklist()
+    g4 = creatinine("c1", 2.0, "2024-05-10T08:00:00Z")
+    worklist.run(EGFR, g4, now=JUNE, creatinine=[g4])
+    [task] = worklist.open("egfr.ckd-referral")
+    rejected = TaskView(
+        {
+            **task.json,
+            "status": "rejected",
+            "statusReason": {"text": "not now"},
+            "meta": {"versionId": "2", "lastUpdated": "2024-06-01T00:00:00Z"},
+        }
+    )
+    worklist.chart.resources[task.reference] = rejected.json
+    again = creatinine("c2", 2.1, "2024-06-02T08:00:00Z")
+    effects = EGFR.compute(event(again), context(WOMAN_60, creatinine=[g4, again]))
+    common = {
+        "declaration": EGFR.declaration,
+        "event": event(again),
+        "effects": effects,
+        "patient": PATIENT_REF,
+        "pending_tasks": [],
+        "pending_focus": worklist.chart.resources,
+        "decided_tasks": [rejected],
+        "now": JUNE,
+    }
+    declared = plan_writes(**common, settings=PlanSettings())  # pyright: ignore[reportArgumentType]
+    assert any(n.outcome == SNOOZED for n in declared.no_results)
+    overridden = plan_writes(
+        **common,  # pyright: ignore[reportArgumentType]
+        settings=PlanSettings(snooze_days={"egfr.ckd-referral": 5}),
+    )
+    assert not any(n.outcome == SNOOZED for n in overridden.no_results)
+    assert [s.action for s in overridden.slots if s.slot == "ckd-referral"] == ["created"]
