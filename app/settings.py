@@ -110,6 +110,14 @@ class Settings(BaseSettings):
     sweep_initial_lookback_hours: int = Field(default=24, ge=1)
     task_due_days: int = Field(default=7, ge=1)
     task_expiry_days: int = Field(default=30, ge=1)
+    # Urgent suggestions (hypertensive crisis, an AKI-like creatinine rise) are due in hours,
+    # never expire, and are escalated once overdue: to this reference (a PractitionerRole,
+    # CareTeam, Group or Organization; empty: the Task is raised to priority "stat" only).
+    urgent_task_due_hours: int = Field(default=4, ge=1, le=168)
+    escalation_target: str = ""
+    # Per protocol ("<bot>.<slot>" -> days): how long a rejected suggestion stays snoozed,
+    # overriding the protocol's declared period (JSON, e.g. {"obesity.weight-management": 365}).
+    suggestion_snooze_days: dict[str, int] = Field(default_factory=dict)
     # Who counts as a clinician for approving or rejecting suggestions: a Practitioner with an
     # active PractitionerRole carrying one of these codes (system|code). SNOMED CT 158965000
     # "Medical practitioner" is the provider app's "Doctor" performer type.

@@ -8,6 +8,7 @@ single systolic / diastolic Observations paired by the domain's ``pair_readings`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from app.botkit.declaration import (
@@ -22,6 +23,8 @@ from app.botkit.declaration import (
     OpenReviewTask,
     Prefetch,
     ProposeObservation,
+    Retract,
+    SlotPolicy,
     Trigger,
 )
 from app.clinical.blood_pressure import (
@@ -78,6 +81,16 @@ AVERAGE_DISPLAY = "Blood pressure panel with all children optional"
 SYSTOLIC_DISPLAY = "Systolic blood pressure"
 DIASTOLIC_DISPLAY = "Diastolic blood pressure"
 
+AVERAGE_SLOT = "bp-average"
+HYPERTENSION_SLOT = "hypertension"
+CRISIS_SLOT = "hypertensive-crisis"
+# Titles are read by people: "mmHg", not the UCUM code mm[Hg].
+MM_HG_TEXT = "mmHg"
+SEVERITY: dict[str, int] = {
+    BloodPressureCategory.STAGE_1_HYPERTENSION: 1,
+    BloodPressureCategory.STAGE_2_HYPERTENSION: 2,
+}
+
 CATEGORY_LABELS: dict[str, str] = {
     BloodPressureCategory.NORMAL: "normal",
     BloodPressureCategory.ELEVATED: "elevated",
@@ -87,7 +100,7 @@ CATEGORY_LABELS: dict[str, str] = {
 
 DECLARATION = BotDeclaration(
     name="blood-pressure",
-    version="1.1.0",
+    version="1.2.0",
     title="Blood pressure average and hypertensive crisis",
     citation=ACC_AHA_2017,
     trigger=Trigger(
@@ -106,8 +119,17 @@ DECLARATION = BotDeclaration(
         ),
     ),
     description=(
-        "Average of the readings of the 30 days ending at the newest one (at least 2 occasions) "
-        "with its ACC/AHA 2017 category, and an urgent Task for a notified crisis reading."
+        "Average per occasion of the readings of the 30 days ending at the newest one (at least "
+        "2 occasions) with its ACC/AHA 2017 category: hypertension (stage 1 or 2) opens a review "
+        "Task, a normal or elevated average is listed for approval; an urgent Task for a "
+        "notified crisis reading."
+    ),
+    slots=(
+        SlotPolicy(AVERAGE_SLOT, actionable=False, window=timedelta(days=90)),
+        SlotPolicy(HYPERTENSION_SLOT, window=timedelta(days=90), snooze=timedelta(days=180)),
+        # A crisis reading from days ago is not an emergency to act on now; a rejected crisis
+        # alert never silences the next crisis reading (no snooze).
+        SlotPolicy(CRISIS_SLOT, window=timedelta(days=2), snooze=timedelta(0)),
     ),
 )
 
@@ -253,7 +275,7 @@ def crisis_task(notified_reading: SourcedReading, notified: ObservationView) -> 
     systolic = in_mm_hg(reading.systolic, reading.systolic_unit)
     diastolic = in_mm_hg(reading.diastolic, reading.diastolic_unit)
     shown = (
-        f"{systolic:g}/{diastolic:g} {MM_HG}"
+        f"{systolic:g}/{diastolic:g} {MM_HG_TEXT}"
         if systolic is not None and diastolic is not None
         else f"{reading.systolic:g} {reading.systolic_unit}/{reading.diastolic:g} "
         f"{reading.diastolic_unit}"
@@ -264,7 +286,7 @@ def crisis_task(notified_reading: SourcedReading, notified: ObservationView) -> 
         *(Evidence.of(v) for v in notified_reading.sources if v.reference != notified.reference),
     )
     return OpenReviewTask(
-        slot="hypertensive-crisis",
+        slot=CRISIS_SLOT,
         title=f"URGENT: BP {shown} — hypertensive crisis range",
         rationale=(
             f"Reading {shown} taken {reading.taken_at.isoformat()} "
@@ -290,10 +312,18 @@ def average_effects(
     evidence = _evidence(window)
     newest = window[-1].reading.taken_at
     oldest = window[0].reading.taken_at
-    value = f"{systolic:g}/{diastolic:g} {MM_HG}"
+    value = f"{systolic:g}/{diastolic:g} {MM_HG_TEXT}"
+    hypertensive = assessment.category in SEVERITY
+    slot = HYPERTENSION_SLOT if hypertensive else AVERAGE_SLOT
+    other = AVERAGE_SLOT if hypertensive else HYPERTENSION_SLOT
     return [
+        Retract(
+            other,
+            f"Withdrawn: the newer average BP {value} of {day(newest)} is {label}",
+            newest,
+        ),
         ProposeObservation(
-            slot="bp-average",
+            slot=slot,
             loinc=BP_PANEL_LOINC,
             display=AVERAGE_DISPLAY,
             value=None,
@@ -307,7 +337,7 @@ def average_effects(
             ),
         ),
         OpenReviewTask(
-            slot="bp-average",
+            slot=slot,
             title=f"Review average BP {value} ({label})",
             rationale=(
                 f"Average blood pressure {value} over {count} readings on {occasions} "
@@ -320,6 +350,7 @@ def average_effects(
             evidence=evidence,
             citation=ACC_AHA_2017,
             evidence_time=newest,
+            severity=SEVERITY.get(assessment.category or "", 0),
         ),
     ]
 
@@ -362,7 +393,13 @@ class BloodPressureBot:
             return [*effects, NoResult(assessment.reason or "no average", assessment.outcome.value)]
         return [
             *effects,
-            *average_effects(assessment, assessment.systolic, assessment.diastolic, window),
+            *average_effects(
+                assessment,
+                assessment.systolic,
+                assessment.diastolic,
+                # Only the readings the average used: a bad one is excluded on its own.
+                [s for s in window if s.reading in assessment.readings],
+            ),
         ]
 
     @staticmethod

@@ -6,6 +6,7 @@ Logic: docs/CLINICAL_LOGIC.md "BMI" (``app.clinical.bmi``); mapping: docs/BOTS.m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from app.botkit.declaration import (
@@ -16,6 +17,7 @@ from app.botkit.declaration import (
     Evidence,
     OpenReviewTask,
     ProposeObservation,
+    SlotPolicy,
 )
 from app.clinical.bmi import (
     BMI_LOINC,
@@ -50,15 +52,19 @@ CATEGORY_LABELS: dict[str, str] = {
 
 DECLARATION = BotDeclaration(
     name="bmi",
-    version="1.1.0",
+    version="1.2.0",
     title="Body mass index",
     citation=WHO_BMI_CLASSIFICATION,
     trigger=bmi_trigger(),
     prefetch=bmi_prefetch(),
     description=(
         "Adult BMI of the newest usable body weight with the latest height of the year before "
-        "it, proposed as a preliminary Observation with a routine review Task."
+        "it, proposed as a preliminary Observation on the patient's results-review list (a BMI "
+        "calls for no action of its own; the obesity bot makes the referral)."
     ),
+    # Not actionable by itself: listed for approval, no Task of its own. A BMI older than a
+    # year is not listed (a bulk load of old history gains only the current one).
+    slots=(SlotPolicy("bmi", actionable=False, window=timedelta(days=365)),),
 )
 
 

@@ -10,6 +10,7 @@ Reads HbA1c in % (4548-4, 17856-6 by HPLC, 4549-2 by electrophoresis) and IFCC m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from app.botkit.declaration import (
     BotContext,
@@ -22,6 +23,7 @@ from app.botkit.declaration import (
     OpenReviewTask,
     Prefetch,
     ProposeRequest,
+    SlotPolicy,
     Trigger,
 )
 from app.clinical.hba1c import (
@@ -35,7 +37,9 @@ from app.clinical.hba1c import (
     hba1c,
 )
 from app.clinical.result import MetricResult
-from app.fhir.views import SNOMED, ConditionView
+from app.clinical.value_sets import DIABETES, HBA1C_UNRELIABLE, PREDIABETES
+from app.fhir.views import SNOMED
+from bots._chart import CONDITIONS_PREFETCH, condition_name, recorded
 from bots._observations import (
     INVALID_INPUT,
     TimedObservation,
@@ -54,20 +58,18 @@ from bots._observations import (
     usable_measurements,
 )
 
-CONDITIONS = "glycaemic-conditions"
 HISTORY = "hba1c"
-
-# SNOMED CT disorders that mean diabetes is already known (International Edition): the
-# generic concept, types 1 and 2, and the diabetic complications Synthea records.
-DIABETES_CODES: dict[str, str] = {
-    "73211009": "Diabetes mellitus (disorder)",
-    "46635009": "Diabetes mellitus type 1 (disorder)",
-    "44054006": "Diabetes mellitus type 2 (disorder)",
-    "127013003": "Disorder of kidney due to diabetes mellitus (disorder)",
-    "368581000119106": "Neuropathy due to type 2 diabetes mellitus (disorder)",
-    "90781000119102": "Microalbuminuria due to type 2 diabetes mellitus (disorder)",
-}
-PREDIABETES_CODE = "15777000"  # Prediabetes (finding)
+# Known diabetes and prediabetes are read from the shipped value sets
+# (app/clinical/data/condition_value_sets.json): descendants such as 313436004 and ICD-10 E11.9
+# count, not only the generic concepts.
+EVALUATION_SLOT = "diabetes-evaluation"
+PREDIABETES_SLOT = "prediabetes"
+SLOTS = (
+    # An HbA1c older than a year opens nothing; a rejected suggestion rests for a year unless
+    # the evidence is worse (diabetes range twice after a single one).
+    SlotPolicy(EVALUATION_SLOT, window=timedelta(days=365), snooze=timedelta(days=365)),
+    SlotPolicy(PREDIABETES_SLOT, window=timedelta(days=365), snooze=timedelta(days=365)),
+)
 
 # SNOMED CT 43396009 |Hemoglobin A1c measurement (procedure)|: the confirmatory test the ADA
 # asks for (a second abnormal result, unless hyperglycaemia is unequivocal). The clinician may
@@ -75,13 +77,9 @@ PREDIABETES_CODE = "15777000"  # Prediabetes (finding)
 CONFIRMATORY_TEST_CODE = "43396009"
 CONFIRMATORY_TEST_DISPLAY = "Hemoglobin A1c measurement (procedure)"
 
-_CONDITION_CODES = ",".join(
-    f"http://snomed.info/sct|{code}" for code in [*DIABETES_CODES, PREDIABETES_CODE]
-)
-
 DECLARATION = BotDeclaration(
     name="hba1c",
-    version="1.1.0",
+    version="1.2.0",
     title="HbA1c: diabetes evaluation and prediabetes",
     citation=ADA_2025_DIAGNOSIS,
     trigger=Trigger(
@@ -91,27 +89,29 @@ DECLARATION = BotDeclaration(
     ),
     prefetch=(
         Prefetch(HISTORY, observation_search(*HBA1C_LOINCS, count=20)),
-        Prefetch(
-            CONDITIONS,
-            "Condition?subject={{patient}}&clinical-status=active,recurrence,relapse"
-            f"&code={_CONDITION_CODES}&_count=100",
-        ),
+        CONDITIONS_PREFETCH,
     ),
     description=(
         "HbA1c >= 6.5 % without an active diabetes Condition proposes a confirmatory HbA1c "
         "test (a Task that the criteria are met when an earlier result was >= 6.5 % too); "
-        "5.7-6.4 % without known diabetes or prediabetes opens a routine Task."
+        "5.7-6.4 % without known diabetes or prediabetes opens a routine Task. Conditions that "
+        "make A1C unreliable are named in the rationale (ADA)."
     ),
+    slots=SLOTS,
 )
 
 
-def _known(conditions: list[ConditionView], codes: set[str]) -> ConditionView | None:
-    for condition in sorted(conditions, key=lambda view: view.reference):
-        if condition.active and any(
-            c.system == SNOMED and c.code in codes for c in condition.codes
-        ):
-            return condition
-    return None
+def caveat(context: BotContext, patient: str | None) -> str:
+    """The ADA's warning when a recorded condition makes A1C unreliable, else ""."""
+    condition = recorded(context, HBA1C_UNRELIABLE, patient)
+    if condition is None:
+        return ""
+    return (
+        f" Caution: {condition_name(condition)} is recorded; the ADA (Standards of Care 2025, "
+        "section 2) warns that A1C may be unreliable with altered red-cell turnover (anaemia, "
+        "haemolysis, recent transfusion), haemoglobin variants, pregnancy and dialysis: "
+        "confirm with plasma glucose criteria."
+    )
 
 
 def _earlier_in_diabetes_range(
@@ -152,24 +152,22 @@ class Hba1cBot:
         patient = patient_reference(event, notified)
         views = merge_observations(notified, context.observations(HISTORY), patient)
         series = usable_measurements(views, *HBA1C_LOINCS)
-        current = next(c for c in series if c.view.reference == notified.reference)
+        # The suggestion rests on the newest usable result held, whichever was notified: a late
+        # older result (an imported history) never opens what the newest does not support.
+        current = series[-1]
         measurement = current.measurement
         result = hba1c(value=measurement.value, unit=measurement.unit)
         if result.value is None:
             return [no_result_of(result)]
-        conditions = [
-            condition
-            for condition in context.conditions(CONDITIONS)
-            if patient is None or condition.reference_of("subject") in (None, patient)
-        ]
-        diabetes = _known(conditions, set(DIABETES_CODES))
-        evidence = (Evidence.of(notified),)
+        diabetes = recorded(context, DIABETES, patient)
+        warning = caveat(context, patient)
+        evidence = (Evidence.of(current.view),)
         reported_as = (
             "" if measurement.unit == "%" else f" (reported as {quantity_text(measurement)})"
         )
         shown = (
             f"HbA1c {result.value:.1f} %{reported_as} on {day(measurement.effective_at)} "
-            f"({notified.reference})"
+            f"({current.view.reference})"
         )
         suggestion = diabetes_evaluation_suggestion(
             result, has_active_diabetes=diabetes is not None
@@ -184,23 +182,24 @@ class Hba1cBot:
                 both = (evidence[0], Evidence.of(earlier_view.view))
                 return [
                     OpenReviewTask(
-                        slot="diabetes-evaluation",
+                        slot=EVALUATION_SLOT,
                         title=confirmed.title,
                         rationale=(
                             f"{shown}; earlier HbA1c {earlier_result.value:.1f} % on "
                             f"{day(earlier_view.effective_at)} ({earlier_view.view.reference}). "
-                            f"{confirmed.rationale} {cite(confirmed.citation)}"
+                            f"{confirmed.rationale}{warning} {cite(confirmed.citation)}"
                         ),
                         priority="routine",
                         evidence=both,
                         citation=confirmed.citation,
                         evidence_time=measurement.effective_at,
+                        severity=2,
                     )
                 ]
         if suggestion is not None:
             return [
                 ProposeRequest(
-                    slot="diabetes-evaluation",
+                    slot=EVALUATION_SLOT,
                     kind="ServiceRequest",
                     code_system=SNOMED,
                     code=CONFIRMATORY_TEST_CODE,
@@ -208,29 +207,32 @@ class Hba1cBot:
                     evidence=evidence,
                 ),
                 OpenReviewTask(
-                    slot="diabetes-evaluation",
+                    slot=EVALUATION_SLOT,
                     title=suggestion.title,
-                    rationale=f"{shown}. {suggestion.rationale} {cite(suggestion.citation)}",
+                    rationale=(
+                        f"{shown}. {suggestion.rationale}{warning} {cite(suggestion.citation)}"
+                    ),
                     priority="urgent" if suggestion.urgent else "routine",
                     evidence=evidence,
                     citation=suggestion.citation,
                     evidence_time=measurement.effective_at,
+                    severity=1,
                 ),
             ]
         if result.category != Hba1cCategory.PREDIABETES or diabetes is not None:
             return []  # normal, or diabetes already known: nothing to suggest
-        if _known(conditions, {PREDIABETES_CODE}) is not None:
+        if recorded(context, PREDIABETES, patient) is not None:
             return []  # prediabetes already on the problem list
         return [
             OpenReviewTask(
-                slot="prediabetes",
+                slot=PREDIABETES_SLOT,
                 title=f"Review HbA1c {result.value:.1f} %: prediabetes range",
                 rationale=(
                     f"{shown} is in the prediabetes range ({PREDIABETES_HBA1C_PERCENT:g}-"
                     f"{DIABETES_HBA1C_PERCENT - 0.1:.1f} %) and neither diabetes nor "
                     "prediabetes is recorded as an active condition. ADA Standards of Care "
                     "2025, section 2 (Table 2.2): A1C 5.7-6.4 % defines prediabetes; consider "
-                    f"recording it and lifestyle intervention. {cite(ADA_2025_DIAGNOSIS)}"
+                    f"recording it and lifestyle intervention.{warning} {cite(ADA_2025_DIAGNOSIS)}"
                 ),
                 priority="routine",
                 evidence=evidence,

@@ -15,13 +15,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from app.fhir.resource_json import loads
-from bots import bot_by_name
+from bots import ALL_BOTS, bot_by_name
 from devtools.backtest import BundleError, bundle_files, load_history
 from devtools.backtest import backtest as run_backtest
+from devtools.backtest_live import ConflictError, burden
 from devtools.replay import FixtureError, describe, effect_json, parse_fixture
 
 if TYPE_CHECKING:
     from devtools.backtest import BacktestReport, PatientHistory
+    from devtools.backtest_live import Arrival, BurdenReport
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "synthea"
@@ -134,8 +136,85 @@ def _report_text(report: BacktestReport) -> list[str]:
     return lines
 
 
+_BURDEN_FIELDS = (
+    "events",
+    "opened",
+    "updated",
+    "open_at_end",
+    "urgent",
+    "withdrawn",
+    "withdrawn_unseen",
+    "expired",
+    "listed",
+)
+
+
+def _burden_json(report: BurdenReport) -> str:
+    return json.dumps(
+        {
+            "arrival": report.arrival,
+            "bots": list(report.bots),
+            "patients": len(report.patients),
+            "totals": {name: report.total(name) for name in (*_BURDEN_FIELDS, "errors")},
+            "per_patient": [
+                {
+                    "patient": p.patient_id,
+                    **{name: getattr(p, name) for name in (*_BURDEN_FIELDS, "errors")},
+                    "opened_by_protocol": dict(sorted(p.by_protocol.items())),
+                }
+                for p in report.patients
+            ],
+        },
+        indent=2,
+    )
+
+
+def _burden_text(report: BurdenReport) -> list[str]:
+    heads = (
+        "events",
+        "opened",
+        "updated",
+        "open-end",
+        "urgent",
+        "withdrawn",
+        "unseen",
+        "expired",
+        "listed",
+    )
+    lines = [
+        f"Alert burden of {', '.join(report.bots)} ({report.arrival} arrival): "
+        f"{len(report.patients)} patients, nothing written",
+        "",
+        f"  {'patient':<38} " + " ".join(f"{h:>9}" for h in heads),
+    ]
+    lines += [
+        f"  {p.patient_id:<38} "
+        + " ".join(f"{getattr(p, name):>9}" for name in _BURDEN_FIELDS)
+        + (f"  errors: {p.errors}" if p.errors else "")
+        for p in report.patients
+    ]
+    lines.append(
+        f"  {'total':<38} " + " ".join(f"{report.total(name):>9}" for name in _BURDEN_FIELDS)
+    )
+    return lines
+
+
 def backtest(
-    bot: Annotated[str, typer.Option("--bot", help="The bot to evaluate, e.g. bmi.")],
+    bot: Annotated[
+        str,
+        typer.Option(
+            "--bot",
+            help="The bot to evaluate, e.g. bmi; 'all' replays every bot through the live "
+            "write plan and reports the clinician's alert burden per patient.",
+        ),
+    ] = "all",
+    arrival: Annotated[
+        str,
+        typer.Option(
+            help="With --bot all: 'live' (each result processed when taken) or 'bulk' (the "
+            "whole history posted at once, the day after the newest result)."
+        ),
+    ] = "live",
     since: Annotated[
         str | None, typer.Option(help="Replay only events at or after this date (ISO 8601).")
     ] = None,
@@ -148,11 +227,16 @@ def backtest(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Replay a bot over patients' histories and report what it would have proposed."""
-    try:
-        chosen = bot_by_name(bot)
-    except KeyError as exc:
-        raise _fail(str(exc.args[0])) from None
+    """Replay a bot over patients' histories and report what it would have proposed; with
+    --bot all (the default), what a clinician would have lived through."""
+    if arrival not in ("live", "bulk"):
+        raise _fail(f"--arrival must be live or bulk, got {arrival!r}")
+    chosen = None
+    if bot != "all":
+        try:
+            chosen = bot_by_name(bot)
+        except KeyError as exc:
+            raise _fail(str(exc.args[0])) from None
     start = _parse_since(since)
     folder = data if data is not None else DEFAULT_DATA
     if not folder.exists():
@@ -179,6 +263,20 @@ def backtest(
         done += 1
         typer.echo(f"[{done}/{len(histories)}] replaying patient {history.patient_id}", err=True)
 
+    if chosen is None:
+        if start is not None:
+            raise _fail("--since applies to one bot; the alert burden replays whole histories")
+        mode: Arrival = "bulk" if arrival == "bulk" else "live"
+        try:
+            lived = burden(ALL_BOTS, histories, arrival=mode, progress=progress)
+        except (ValueError, ConflictError) as exc:
+            raise _fail(str(exc)) from None
+        if as_json:
+            typer.echo(_burden_json(lived))
+        else:
+            for line in _burden_text(lived):
+                typer.echo(line)
+        return
     try:
         report = run_backtest(chosen, histories, since=start, progress=progress)
     except ValueError as exc:  # a prefetch the backtest cannot emulate

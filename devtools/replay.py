@@ -25,6 +25,7 @@ from app.botkit.declaration import (
     OpenReviewTask,
     ProposeObservation,
     ProposeRequest,
+    Retract,
 )
 from app.fhir.resource_json import JSONObject, JSONValue, get_object, get_str
 from app.fhir.views import ObservationView, PatientView, ResourceView, parse_datetime
@@ -145,6 +146,14 @@ def effect_json(effect: Effect) -> JSONObject:
                 "rationale": effect.rationale,
                 "evidence": [e.versioned for e in effect.evidence],
                 "citation": _citation(effect.citation),
+                "severity": effect.severity,
+            }
+        case Retract():
+            return {
+                "type": "Retract",
+                "slot": effect.slot,
+                "reason": effect.reason,
+                "evidence_time": effect.evidence_time.isoformat(),
             }
         case NoResult():
             return {"type": "NoResult", "outcome": effect.outcome, "reason": effect.reason}
@@ -174,5 +183,7 @@ def describe(effect: Effect) -> str:
                 f"open review Task [{effect.slot}] ({effect.priority}): {effect.title}\n"
                 f"  {effect.rationale}"
             )
+        case Retract():
+            return f"withdraw a pending [{effect.slot}] suggestion if older: {effect.reason}"
         case NoResult():
             return f"no result ({effect.outcome}): {effect.reason}"

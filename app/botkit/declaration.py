@@ -10,7 +10,7 @@ pending Task of the same bot and patient.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
 from app.clinical.result import Citation
@@ -28,6 +28,28 @@ class Prefetch:
     query: str  # "Observation?subject={{patient}}&code=http://loinc.org|8302-2&_count=50"
 
 
+# How long a clinician's rejection silences the same suggestion (unless the evidence crosses
+# into a worse category), when a protocol states nothing else.
+DEFAULT_SNOOZE = timedelta(days=180)
+
+
+@dataclass(frozen=True, slots=True)
+class SlotPolicy:
+    """How the suggestions of one slot (one protocol) reach the clinician.
+
+    ``actionable`` False: the result calls for no action of its own (a normal BMI, a G1 eGFR);
+    its proposal joins the patient's one rolling results-review Task instead of opening a Task.
+    ``window``: evidence older than this (against the processing time) opens nothing (a bulk
+    load of old history gains only what is current). ``snooze``: after a clinician rejects the
+    suggestion, the same suggestion is not made again for this long unless the evidence is in a
+    worse category (``OpenReviewTask.severity``)."""
+
+    slot: str
+    actionable: bool = True
+    window: timedelta | None = None
+    snooze: timedelta = DEFAULT_SNOOZE
+
+
 @dataclass(frozen=True, slots=True)
 class BotDeclaration:
     name: str  # stable, lower-case: "bmi"
@@ -37,6 +59,11 @@ class BotDeclaration:
     trigger: Trigger
     prefetch: tuple[Prefetch, ...] = ()
     description: str = ""
+    slots: tuple[SlotPolicy, ...] = ()
+
+    def policy(self, slot: str) -> SlotPolicy:
+        """The slot's policy (an actionable slot without window when none is declared)."""
+        return next((p for p in self.slots if p.slot == slot), SlotPolicy(slot))
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +170,20 @@ class OpenReviewTask:
     # A suggestion supersedes a pending one of the same slot only when this is at least as
     # recent as the pending one's; when None, the slot's ProposeObservation.effective is used.
     evidence_time: datetime | None = None
+    # The rank of the evidence's category within the protocol (higher is worse): a rejected
+    # suggestion comes back before its snooze ends only for a worse category.
+    severity: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Retract:
+    """The slot's suggestion no longer holds as of ``evidence_time`` (a corrected weight puts
+    the BMI below 30): a pending suggestion of the slot resting on evidence no newer than this
+    is withdrawn with ``reason``."""
+
+    slot: str
+    reason: str
+    evidence_time: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,10 +208,12 @@ __all__ = [
     "Prefetch",
     "ProposeObservation",
     "ProposeRequest",
+    "Retract",
+    "SlotPolicy",
     "Trigger",
 ]
 
-type Effect = ProposeObservation | ProposeRequest | OpenReviewTask | NoResult
+type Effect = ProposeObservation | ProposeRequest | OpenReviewTask | Retract | NoResult
 
 
 class Bot(Protocol):

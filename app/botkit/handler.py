@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from app.botkit.audit import audit_event
-from app.botkit.declaration import Bot, BotContext, BotEvent, NoResult
+from app.botkit.declaration import Bot, BotContext, BotEvent, NoResult, Retract
 from app.botkit.identifiers import (
     PROPOSAL_SYSTEM,
     TAG_CODE,
@@ -27,9 +27,17 @@ from app.botkit.identifiers import (
     TASK_CODE_SYSTEM,
     TASK_SYSTEM,
 )
-from app.botkit.plan import WritePlan, plan_writes, withdraw_writes
+from app.botkit.plan import (
+    PATIENT_DECEASED,
+    PlanSettings,
+    WritePlan,
+    plan_writes,
+    withdraw_listed,
+    withdraw_writes,
+)
 from app.botkit.prefetch import Member, MergedSearch, merge
-from app.botkit.statuses import OPEN_TASK_STATUSES
+from app.botkit.review_list import is_results_review
+from app.botkit.statuses import APPROVING, OPEN_TASK_STATUSES, REJECTING
 from app.fhir.views import PatientView, ResourceView, TaskView
 from app.handlers.protocol import (
     EventHandler,
@@ -80,6 +88,24 @@ def pending_tasks_query(patient: str) -> str:
     )
 
 
+def decided_tasks_query(patient: str) -> str:
+    """The patient's decided review Tasks, newest first, with their focus (for "already
+    ordered" and a rejection's snooze)."""
+    statuses = ",".join(sorted(APPROVING | REJECTING))
+    return (
+        f"subject={quote(patient)}&status={statuses}&_tag={quote(f'{TAG_SYSTEM}|{TAG_CODE}')}"
+        "&_sort=-_lastUpdated&_include=Task:focus&_count=50"
+    )
+
+
+def pending_items_query(patient: str) -> str:
+    """The patient's pending derived Observations (the results-review list's items)."""
+    return (
+        f"subject={quote(patient)}&status=preliminary"
+        f"&_tag={quote(f'{TAG_SYSTEM}|{TAG_CODE}')}&_count=100"
+    )
+
+
 def template(query: str, patient: str) -> tuple[str, str]:
     """A prefetch query for ``patient``: ``(resource type, search parameters)``."""
     resolved = query.replace("{{patient}}", quote(patient, safe="/")).replace(
@@ -93,6 +119,8 @@ def template(query: str, patient: str) -> tuple[str, str]:
 _CURRENT = "current version"
 _PATIENT = "patient"
 _PENDING = "pending review Tasks"
+_DECIDED = "decided review Tasks"
+_ITEMS = "pending derived results"
 _NOTIFIED = "notified version"
 _KNOWN = "suggestions already written"
 _MERGED = "prefetch "
@@ -197,10 +225,14 @@ class BotHandler(EventHandler):
 
         if current is None or ResourceView(current).status in WITHDRAWN_STATUSES:
             pending = await context.medplum.batch_named(
-                {_PENDING: BundleRequest.search("Task", pending_tasks_query(patient))}
+                {
+                    _PENDING: BundleRequest.search("Task", pending_tasks_query(patient)),
+                    _ITEMS: BundleRequest.search("Observation", pending_items_query(patient)),
+                }
             )
             requests += 1
-            tasks, focus = self._pending(pending[_PENDING])
+            tasks, focus, review_list = self._pending(pending[_PENDING])
+            items = {ResourceView(r).reference: r for r in search_resources(pending[_ITEMS])[0]}
             derived = [t for t in tasks if derived_from(t, reference)]
             withdrawn = withdraw_writes(
                 derived,
@@ -209,10 +241,18 @@ class BotHandler(EventHandler):
                 text="Evidence deleted or entered in error",
                 now=now,
             )
-            outcome = "retracted" if derived else "nothing_to_retract"
+            listed = withdraw_listed(
+                review_list,
+                items,
+                reference,
+                bot=self.name,
+                text="Evidence deleted or entered in error",
+                now=now,
+            )
+            outcome = "retracted" if derived or listed else "nothing_to_retract"
             outputs: list[JSONObject] = [{"reference": t.reference} for t in derived]
             audit = self._audit(event, reference, [], outputs, outcome, [], now)
-            written = await writer.apply([withdrawn, [audit]], context.trace_id)
+            written = await writer.apply([withdrawn, listed, [audit]], context.trace_id)
             return Processed(outcome, requests + writer.requests, written)
 
         view = ResourceView(current)
@@ -230,7 +270,19 @@ class BotHandler(EventHandler):
         )
         effects = self.bot.compute(bot_event, bot_context)
 
-        def planned(tasks: list[TaskView], focus: dict[str, JSONObject]) -> WritePlan:
+        settings = PlanSettings(
+            due_days=context.settings.task_due_days,
+            urgent_due_hours=context.settings.urgent_task_due_hours,
+            snooze_days=context.settings.suggestion_snooze_days,
+        )
+
+        def planned(
+            tasks: list[TaskView],
+            focus: dict[str, JSONObject],
+            decided: list[TaskView],
+            review_list: TaskView | None,
+            items: dict[str, JSONObject],
+        ) -> WritePlan:
             return plan_writes(
                 declaration=declaration,
                 event=bot_event,
@@ -239,25 +291,35 @@ class BotHandler(EventHandler):
                 pending_tasks=tasks,
                 pending_focus=focus,
                 now=now,
-                due_days=context.settings.task_due_days,
+                decided_tasks=decided,
+                review_list=review_list,
+                pending_items=items,
+                settings=settings,
             )
 
-        # The suggestions' keys, before anything else is read: a plan without pending Tasks
-        # names every slot the effects open.
-        keys = [slot.task_key for slot in planned([], {}).slots]
-        if not keys:
-            plan = planned([], {})
-            outcome = plan.no_results[0].outcome if plan.no_results else "no_result"
+        # The suggestions' keys, before anything else is read: a plan without the chart's
+        # Tasks names every slot the effects open. A withdrawal (a Retract, a deceased
+        # patient) needs the pending Tasks whatever the keys say.
+        bare = planned([], {}, [], None, {})
+        keys = [slot.task_key for slot in bare.slots]
+        withdraws = any(
+            isinstance(e, Retract) or (isinstance(e, NoResult) and e.outcome == PATIENT_DECEASED)
+            for e in effects
+        )
+        if not keys and not withdraws:
+            outcome = bare.no_results[0].outcome if bare.no_results else "no_result"
             # Nothing to write: the outcome is the events table's (no AuditEvent, no Task
             # search). A NoResult is not an action that failed.
             return Processed(outcome, requests)
         ledger = context.ledger
         states = dict(await ledger.states(keys)) if ledger is not None else {}
-        if all(states.get(k) == "written" for k in keys):
+        if keys and not withdraws and all(states.get(k) == "written" for k in keys):
             return Processed("unchanged", requests)
 
         second: dict[str, BundleEntryInput] = {
-            _PENDING: BundleRequest.search("Task", pending_tasks_query(patient))
+            _PENDING: BundleRequest.search("Task", pending_tasks_query(patient)),
+            _DECIDED: BundleRequest.search("Task", decided_tasks_query(patient)),
+            _ITEMS: BundleRequest.search("Observation", pending_items_query(patient)),
         }
         # Keys whose earlier write has an unknown outcome (or every unwritten key, without a
         # complete ledger).
@@ -271,7 +333,11 @@ class BotHandler(EventHandler):
             )
         answers2 = await context.medplum.batch_named(second)
         requests += 1
-        tasks, focus = self._pending(answers2[_PENDING])
+        tasks, focus, review_list = self._pending(answers2[_PENDING])
+        decided_json, decided_focus = search_resources(answers2[_DECIDED])
+        decided = [TaskView(t) for t in decided_json if task_is_for_bot(TaskView(t), self.name)]
+        focus.update({ResourceView(r).reference: r for r in decided_focus})
+        items = {ResourceView(r).reference: r for r in search_resources(answers2[_ITEMS])[0]}
         found_tasks = [*tasks]
         if _KNOWN in answers2:
             found_tasks.extend(TaskView(t) for t in search_resources(answers2[_KNOWN])[0])
@@ -280,14 +346,14 @@ class BotHandler(EventHandler):
             value = found_task.identifier_value(TASK_SYSTEM)
             if value is not None:
                 known.add(value)
-        plan = planned(tasks, focus)
+        plan = planned(tasks, focus, decided, review_list, items)
         reasons = [f"{n.outcome}: {n.reason}" for n in plan.no_results]
-        fresh = [s for s in plan.slots if s.task_key not in known]
+        fresh = [s for s in plan.slots if s.writes and s.task_key not in known]
         found = [k for k in keys if k in known and states.get(k) != "written"]
         if ledger is not None and event.id and found:
             await ledger.confirm(self.name, found, event.id)
         if not fresh:
-            if plan.slots:
+            if plan.slots or plan.unchanged:
                 return Processed("unchanged", requests)
             outcome = plan.no_results[0].outcome if plan.no_results else "no_result"
             return Processed(outcome, requests)
@@ -303,7 +369,7 @@ class BotHandler(EventHandler):
                     *(
                         e.versioned
                         for effect in effects
-                        if not isinstance(effect, NoResult)
+                        if not isinstance(effect, NoResult | Retract)
                         for e in effect.evidence
                     ),
                 ]
@@ -323,10 +389,16 @@ class BotHandler(EventHandler):
             await ledger.confirm(self.name, fresh_keys, event.id)
         return Processed("proposed", requests + writer.requests, written)
 
-    def _pending(self, entry: BundleEntryResult) -> tuple[list[TaskView], dict[str, JSONObject]]:
+    def _pending(
+        self, entry: BundleEntryResult
+    ) -> tuple[list[TaskView], dict[str, JSONObject], TaskView | None]:
+        """The bot's pending review Tasks, their focus resources, and the patient's open
+        results-review Task (shared by every bot)."""
         task_json, included = search_resources(entry)
-        tasks = [TaskView(t) for t in task_json if task_is_for_bot(TaskView(t), self.name)]
-        return tasks, {ResourceView(r).reference: r for r in included}
+        views = [TaskView(t) for t in task_json]
+        tasks = [t for t in views if task_is_for_bot(t, self.name)]
+        review_list = next((t for t in views if is_results_review(t)), None)
+        return tasks, {ResourceView(r).reference: r for r in included}, review_list
 
     def _audit(  # noqa: PLR0917 - internal, three call sites
         self,

@@ -169,6 +169,10 @@ def bp_command(
             check_value(SYSTOLIC, parsed.systolic, unit),
             check_value(DIASTOLIC, parsed.diastolic, unit),
         )
+        # The average leaves a bad reading out; a reading typed here is refused instead.
+        alone = assess_blood_pressure([parsed])
+        if alone.outcome is Outcome.INVALID_INPUT:
+            _fail(alone.reason or "invalid blood pressure reading")
     assessment = assess_blood_pressure(readings)
     if assessment.outcome is Outcome.INVALID_INPUT:
         _fail(assessment.reason or "invalid blood pressure reading")

@@ -164,21 +164,23 @@ def assess_blood_pressure(readings: Sequence[BloodPressureReading]) -> BloodPres
     """
     if not readings:
         return _no_average(Outcome.INSUFFICIENT_EVIDENCE, "no blood pressure readings")
-    in_mm_hg: list[tuple[float, float]] = []
+    # Bad readings are excluded one by one (a reading in a unit that is not UCUM must not
+    # block the whole window); only when none is usable is there no result.
+    usable: list[tuple[BloodPressureReading, tuple[float, float]]] = []
+    refusals: list[str] = []
     for reading in readings:
         converted = _in_mm_hg(reading)
         if isinstance(converted, str):
-            return _no_average(Outcome.INVALID_INPUT, converted)
-        in_mm_hg.append(converted)
+            refusals.append(converted)
+            continue
+        usable.append((reading, converted))
+    if not usable:
+        return _no_average(Outcome.INVALID_INPUT, refusals[0])
 
-    newest_at = max(reading.taken_at for reading in readings)
+    newest_at = max(reading.taken_at for reading, _ in usable)
     window_start = newest_at - AVERAGING_WINDOW
     window = sorted(
-        (
-            (reading, pressures)
-            for reading, pressures in zip(readings, in_mm_hg, strict=True)
-            if window_start <= reading.taken_at
-        ),
+        ((reading, pressures) for reading, pressures in usable if window_start <= reading.taken_at),
         key=lambda pair: pair[0].taken_at,
     )
     window_readings = tuple(reading for reading, _ in window)
@@ -186,7 +188,10 @@ def assess_blood_pressure(readings: Sequence[BloodPressureReading]) -> BloodPres
         (reading for reading, pressures in reversed(window) if is_hypertensive_crisis(*pressures)),
         None,
     )
-    occasions = len({reading.taken_at.date() for reading in window_readings})
+    by_occasion: dict[object, list[tuple[float, float]]] = {}
+    for reading, pressures in window:
+        by_occasion.setdefault(reading.taken_at.date(), []).append(pressures)
+    occasions = len(by_occasion)
     if occasions < MIN_OCCASIONS:
         return _no_average(
             Outcome.INSUFFICIENT_EVIDENCE,
@@ -197,8 +202,15 @@ def assess_blood_pressure(readings: Sequence[BloodPressureReading]) -> BloodPres
             crisis_reading=crisis_reading,
         )
 
-    systolic_mean = sum(pressures[0] for _, pressures in window) / len(window)
-    diastolic_mean = sum(pressures[1] for _, pressures in window) / len(window)
+    # ACC/AHA 2017 (section 4.2, Table 7): "an average of >= 2 readings obtained on >= 2
+    # occasions": each occasion is averaged first, then the occasions, so ten readings on one
+    # day weigh as much as one reading on another.
+    means = [
+        (sum(p[0] for p in group) / len(group), sum(p[1] for p in group) / len(group))
+        for group in by_occasion.values()
+    ]
+    systolic_mean = sum(m[0] for m in means) / len(means)
+    diastolic_mean = sum(m[1] for m in means) / len(means)
     systolic = round_half_up(systolic_mean, AVERAGE_DECIMALS)
     diastolic = round_half_up(diastolic_mean, AVERAGE_DECIMALS)
     return BloodPressureAssessment(

@@ -75,6 +75,8 @@ _WITHDRAWAL_TEXT = {
     "superseded": "superseded by a newer suggestion",
     "expired": "withdrawn because it expired without a decision",
     "evidence-withdrawn": "withdrawn because its evidence was deleted or entered in error",
+    "no-longer-supported": "withdrawn because newer evidence no longer supports it",
+    "patient-deceased": "withdrawn because the patient is recorded as deceased",
 }
 
 
@@ -453,6 +455,65 @@ def plan_review(
     return plan
 
 
+def plan_list_review(
+    task: TaskView,
+    *,
+    actor: Actor,
+    items: list[JSONObject],
+    now: datetime,
+    scope: DecisionScope = "project",
+    previous: TaskView | None = None,
+) -> ReviewPlan:
+    """The clinician's one decision on the patient's results-review list
+    (:mod:`app.botkit.review_list`): every listed result still pending is finalised (approve)
+    or cancelled (reject), each with its own decision Provenance. Who may decide is checked
+    exactly as for a single suggestion (:func:`plan_review`)."""
+    first = plan_review(task, actor=actor, focus=None, now=now, scope=scope, previous=previous)
+    if first.outcome not in ("finalised", "retracted") or first.decision is None:
+        return first
+    decision, decider = first.decision, first.decider
+    if decider is None:  # unreachable: plan_review returned a decision by a known author
+        return ReviewPlan("no_decision", reasons=["no decision by a known author"])
+    pending = [
+        ResourceView(item)
+        for item in items
+        if ResourceView(item).tagged(TAG_SYSTEM, TAG_CODE)
+        and proposal_status_after(
+            ResourceView(item).resource_type, ResourceView(item).status, decision
+        )
+        is not None
+    ]
+    if not pending:
+        return ReviewPlan(
+            "already_decided",
+            decision=decision,
+            decider=decider,
+            reasons=["no listed result is pending; nothing was changed"],
+        )
+    verb = "finalised" if decision == "approve" else "cancelled"
+    plan = ReviewPlan(
+        first.outcome,
+        decision=decision,
+        decider=decider,
+        reasons=[
+            *[r for r in first.reasons if "focus" not in r],
+            f"{len(pending)} listed result(s) {verb}",
+        ],
+    )
+    reason = task.status_reason
+    for view in sorted(pending, key=lambda v: v.reference):
+        new_status = proposal_status_after(view.resource_type, view.status, decision)
+        updated = strip_meta(view.json)
+        updated["status"] = new_status
+        if decision == "reject" and reason:
+            notes = updated.get("note")
+            note: JSONValue = {"text": f"Rejected by clinician: {reason}"}
+            updated["note"] = [*(notes if isinstance(notes, list) else []), note]
+        plan.writes.append(PlannedWrite("PUT", updated, if_match_version=view.version_id))
+        plan.writes.append(_decision_provenance(task, decider, decision, view, now, per_item=True))
+    return plan
+
+
 def _with_note(resource: JSONObject, text: str, now: datetime) -> None:
     notes = resource.get("note")
     note: JSONValue = {"text": text, "time": now.isoformat()}
@@ -531,8 +592,14 @@ def _decision_provenance(
     decision: Decision,
     focus: ResourceView | None,
     now: datetime,
+    *,
+    per_item: bool = False,
 ) -> PlannedWrite:
-    key = digest(task.reference, task.version_id, "decision")
+    # One decision Provenance per Task version; for a results-review list one per item.
+    parts = [task.reference, task.version_id, "decision"]
+    if per_item and focus is not None:
+        parts.append(focus.reference)
+    key = digest(*parts)
     targets: list[JSONValue] = [{"reference": task.versioned_reference}]
     if focus is not None:
         targets.insert(0, {"reference": focus.reference})

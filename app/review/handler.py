@@ -19,6 +19,7 @@ from urllib.parse import quote
 from app import __version__
 from app.botkit.audit import audit_event
 from app.botkit.identifiers import TAG_CODE, TAG_SYSTEM
+from app.botkit.review_list import is_results_review, list_items
 from app.botkit.statuses import APPROVING, REJECTING, proposal_status_after
 from app.fhir.views import ResourceView, TaskView
 from app.handlers.protocol import (
@@ -39,6 +40,7 @@ from app.review.decisions import (
     clinician_relation,
     has_clinician_role,
     owner_before_decision,
+    plan_list_review,
     plan_review,
     previous_version,
     standing_decision,
@@ -58,6 +60,7 @@ _PRACTITIONER = "decider"
 _PATIENT = "patient"
 _CARE_TEAMS = "patient's care teams"
 _DECISIONS = "decision Provenances"
+_ITEMS = "listed results"
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +178,10 @@ class ReviewHandler(EventHandler):
             and proposal_status_after(focus_view.resource_type, focus_view.status, "approve")
             is None
         )
+        listed = [item.reference for item in list_items(task)] if is_results_review(task) else []
+        if listed:
+            ids = ",".join(quote(ref.split("/", 1)[1]) for ref in listed if "/" in ref)
+            more[_ITEMS] = BundleRequest.search("Observation", f"_id={ids}&_count=100")
         if decided and focus_view is not None:
             more[_DECISIONS] = BundleRequest.search(
                 "Provenance", f"target={quote(focus_view.reference)}&_count=100"
@@ -208,15 +215,25 @@ class ReviewHandler(EventHandler):
             is_clinician=is_clinician,
             relation=relation,
         )
-        plan = plan_review(
-            task,
-            actor=actor,
-            focus=focus,
-            now=now,
-            scope=settings.decision_scope,
-            standing=standing,
-            previous=previous_version(history, task.version_id),
-        )
+        if is_results_review(task):
+            plan = plan_list_review(
+                task,
+                actor=actor,
+                items=search_resources(second[_ITEMS])[0] if _ITEMS in second else [],
+                now=now,
+                scope=settings.decision_scope,
+                previous=previous_version(history, task.version_id),
+            )
+        else:
+            plan = plan_review(
+                task,
+                actor=actor,
+                focus=focus,
+                now=now,
+                scope=settings.decision_scope,
+                standing=standing,
+                previous=previous_version(history, task.version_id),
+            )
         if plan.outcome == "refused":
             log.warning(
                 "review_refused",
@@ -231,6 +248,8 @@ class ReviewHandler(EventHandler):
         outputs: list[JSONObject] = [{"reference": task.reference}] if plan.writes else []
         if focus_ref and plan.outcome in ("finalised", "retracted"):
             outputs.append({"reference": focus_ref})
+        if listed and plan.outcome in ("finalised", "retracted"):
+            outputs.extend({"reference": ref} for ref in listed)
         who = f"decided by {decider or 'unknown'}"
         if task.on_behalf_of:
             who += f" on behalf of {task.on_behalf_of}"

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -39,6 +40,12 @@ def fhir_client(base_url: str, client_id: str, secret: str) -> MedplumClient:
     return MedplumClient(config)
 
 
+def days_ago(days: int) -> str:
+    """A clinical time ``days`` before now (at 09:00 UTC), for evidence that must be current."""
+    moment = datetime.now(UTC).replace(hour=9, minute=0, second=0, microsecond=0)
+    return (moment - timedelta(days=days)).isoformat().replace("+00:00", "Z")
+
+
 def observation(patient: str, loinc: str, value: float, unit: str, when: str) -> Json:
     return vital_sign(patient, loinc, value, unit, when)
 
@@ -59,12 +66,13 @@ class Pipeline:
         return created.reference
 
     async def weight_and_height(
-        self, patient: str, weight: float = 95.0, when: str = "2025-03-01T09:00:00Z"
+        self, patient: str, weight: float = 95.0, when: str | None = None
     ) -> tuple[Json, Json]:
-        height = await self.partner.create(
-            observation(patient, "8302-2", 165, "cm", "2025-01-10T09:00:00Z")
-        )
-        body = await self.partner.create(observation(patient, "29463-7", weight, "kg", when))
+        """A height and a weight (by default 60 and 30 days ago: current evidence, inside
+        every protocol's window)."""
+        height = await self.partner.create(observation(patient, "8302-2", 165, "cm", days_ago(60)))
+        taken = when or days_ago(30)
+        body = await self.partner.create(observation(patient, "29463-7", weight, "kg", taken))
         return height.resource, body.resource
 
     async def read(self, reference: str) -> Json:

@@ -23,7 +23,13 @@ from app.integrations.medplum import MedplumForbidden
 from devtools.clinician import ClinicianError, approve, login, reject
 from devtools.devserver import ADMIN_CLIENT_ID, ADMIN_CLIENT_SECRET, DevServer
 from tests.integration.conftest import fresh_database
-from tests.integration.pipeline_support import Pipeline, running_pipeline, start_pipeline
+from tests.integration.pipeline_support import (
+    Pipeline,
+    days_ago,
+    observation,
+    running_pipeline,
+    start_pipeline,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("fresh_quota_window")]
 TAG = f"{TAG_SYSTEM}|{TAG_CODE}"
@@ -46,9 +52,9 @@ async def pending_task(pipeline: Pipeline) -> dict[str, Any]:
     [task] = [
         t
         for t in await pipeline.tasks_for(patient)
-        if t["status"] == "requested" and t["code"]["coding"][0]["code"].startswith("bmi.")
+        if t["status"] == "requested" and t["code"]["coding"][0]["code"].startswith("obesity.")
     ]
-    return task
+    return task  # the weight-management referral (BMI 34.9); its focus is a draft request
 
 
 async def audits_of(pipeline: Pipeline, task: dict[str, Any]) -> list[dict[str, Any]]:
@@ -94,7 +100,7 @@ async def test_an_admin_client_acting_on_behalf_of_a_clinician_is_refused(
     )
     assert status == 200  # Medplum lets a project admin impersonate; the service does not
     await pipeline.settled()
-    assert (await pipeline.read(task["focus"]["reference"]))["status"] == "preliminary"
+    assert (await pipeline.read(task["focus"]["reference"]))["status"] == "draft"
     returned = await pipeline.read(f"Task/{task['id']}")
     assert returned["status"] == "requested"
     assert "made on behalf of Practitioner/clinician-alice" in str(returned["note"])
@@ -133,7 +139,7 @@ async def test_an_inactive_clinician_cannot_approve(pipeline: Pipeline) -> None:
         await pipeline.settled()
     finally:
         await pipeline.admin.update({**(await pipeline.read(BOB)), "active": True})
-    assert (await pipeline.read(task["focus"]["reference"]))["status"] == "preliminary"
+    assert (await pipeline.read(task["focus"]["reference"]))["status"] == "draft"
     returned = await pipeline.read(f"Task/{task['id']}")
     assert returned["status"] == "requested"
     assert "not an active clinician" in str(returned["note"])
@@ -155,7 +161,7 @@ async def test_a_later_rejection_does_not_undo_an_approval(pipeline: Pipeline) -
         await bob.aclose()
     focus = await pipeline.read(task["focus"]["reference"])
     final = await pipeline.read(f"Task/{task['id']}")
-    assert focus["status"] == "final"
+    assert focus["status"] == "active"
     assert final["status"] == "completed"
     assert "already approved by Practitioner/clinician-alice" in str(final["note"])
     assert "later rejection by Practitioner/clinician-bob was not applied" in str(final["note"])
@@ -178,19 +184,20 @@ async def test_a_later_approval_does_not_undo_a_rejection(pipeline: Pipeline) ->
     finally:
         await alice.aclose()
         await bob.aclose()
-    assert (await pipeline.read(task["focus"]["reference"]))["status"] == "cancelled"
+    assert (await pipeline.read(task["focus"]["reference"]))["status"] == "revoked"
     final = await pipeline.read(f"Task/{task['id']}")
     assert final["status"] == "rejected"
     assert final["statusReason"]["text"] == "Scale not calibrated"
     assert "already rejected by Practitioner/clinician-alice" in str(final["note"])
 
 
-async def test_an_approval_after_supersession_changes_nothing_and_says_so(
+async def test_an_approval_after_withdrawal_changes_nothing_and_says_so(
     pipeline: Pipeline,
 ) -> None:
     old = await pending_task(pipeline)
     patient = old["for"]["reference"]
-    await pipeline.weight_and_height(patient, weight=101.0, when="2025-04-01T09:00:00Z")
+    # A newer weight puts the BMI below 30: the referral no longer holds and is withdrawn.
+    await pipeline.partner.create(observation(patient, "29463-7", 70.0, "kg", days_ago(5)))
     await pipeline.settled()
     assert (await pipeline.read(f"Task/{old['id']}"))["status"] == "cancelled"
     session = await login(pipeline.devserver.base_url, "clinician-alice")
@@ -201,11 +208,9 @@ async def test_an_approval_after_supersession_changes_nothing_and_says_so(
     await pipeline.settled()
     answered = await pipeline.read(f"Task/{old['id']}")
     assert answered["status"] == "cancelled"
-    assert "superseded" in answered["statusReason"]["coding"][0]["code"]
-    assert "superseded by a newer suggestion before your decision; nothing was changed" in str(
-        answered["note"]
-    )
-    assert (await pipeline.read(old["focus"]["reference"]))["status"] == "cancelled"
+    assert answered["statusReason"]["coding"][0]["code"] == "no-longer-supported"
+    assert "before your decision; nothing was changed" in str(answered["note"])
+    assert (await pipeline.read(old["focus"]["reference"]))["status"] == "revoked"
     [audit] = [a for a in await audits_of(pipeline, old) if "withdrawn_before" in a["outcomeDesc"]]
     assert audit["outcome"] == "4"
 
@@ -257,7 +262,7 @@ async def test_related_scope_only_a_clinician_related_to_the_patient_decides(
             returned = await running.read(f"Task/{task['id']}")
             assert returned["status"] == "requested"
             assert "not related to the patient" in str(returned["businessStatus"])
-            assert (await running.read(task["focus"]["reference"]))["status"] == "preliminary"
+            assert (await running.read(task["focus"]["reference"]))["status"] == "draft"
 
             await running.partner.create(
                 {
@@ -271,7 +276,7 @@ async def test_related_scope_only_a_clinician_related_to_the_patient_decides(
             await running.settled()
         finally:
             await bob.aclose()
-        assert (await running.read(task["focus"]["reference"]))["status"] == "final"
+        assert (await running.read(task["focus"]["reference"]))["status"] == "active"
         assert (await running.read(f"Task/{task['id']}"))["status"] == "completed"
     finally:
         running.stack.close()

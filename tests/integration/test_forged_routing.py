@@ -409,10 +409,11 @@ async def post_signed(pipeline: Pipeline, body: bytes, **routing: str) -> httpx.
 
 
 def pending_bmi(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pending suggestion a weight of 95 kg makes: the obesity referral (BMI 34.9)."""
     return [
         t
         for t in tasks
-        if t["status"] == "requested" and t["code"]["coding"][0]["code"].startswith("bmi.")
+        if t["status"] == "requested" and t["code"]["coding"][0]["code"].startswith("obesity.")
     ]
 
 

@@ -18,13 +18,19 @@ from psycopg import sql
 from app.botkit.identifiers import TAG_CODE, TAG_SYSTEM
 from app.events.signature import subscription_secret
 from app.integrations.medplum import MedplumForbidden
-from app.review.expiry import expire_tasks
+from app.review.expiry import escalate_tasks, expire_tasks
 from app.settings import load_settings
 from app.wiring import medplum_client
-from bots.bmi import BOT as BMI
+from bots.obesity import BOT as OBESITY
 from devtools.clinician import approve, login, reject
 from devtools.devserver import DevServer
-from tests.integration.pipeline_support import Pipeline, eventually, observation, running_pipeline
+from tests.integration.pipeline_support import (
+    Pipeline,
+    days_ago,
+    eventually,
+    observation,
+    running_pipeline,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("fresh_quota_window")]
 TAG = f"{TAG_SYSTEM}|{TAG_CODE}"
@@ -45,7 +51,9 @@ async def pipeline(module_devserver: DevServer, module_database: str) -> AsyncIt
         yield running
 
 
-def live(tasks: list[dict[str, Any]], code_prefix: str = "bmi.") -> list[dict[str, Any]]:
+# A weight of 95 kg at 165 cm (BMI 34.9) is actionable: the obesity protocol's referral Task.
+# The BMI itself calls for no action and is listed on the patient's results-review Task.
+def live(tasks: list[dict[str, Any]], code_prefix: str = "obesity.") -> list[dict[str, Any]]:
     return [
         t
         for t in tasks
@@ -60,21 +68,31 @@ async def test_evidence_becomes_one_pending_suggestion_with_provenance(pipeline:
     tasks = live(await pipeline.tasks_for(patient))
     assert len(tasks) == 1
     task = tasks[0]
-    assert task["code"]["text"].startswith("Review BMI 34.9")
+    assert task["code"]["text"].startswith(
+        "Offer intensive behavioural weight-management counselling (BMI 34.9)"
+    )
     assert task["priority"] == "routine"
     assert task["intent"] == "proposal"
     assert task["for"] == {"reference": patient}
     assert task["restriction"]["period"]["end"]
     assert task["performerType"][0]["coding"][0]["code"] == "158965000"
     focus = await pipeline.read(task["focus"]["reference"])
-    assert focus["status"] == "preliminary"
-    assert focus["valueQuantity"]["value"] == pytest.approx(34.9, abs=0.05)
+    assert focus["resourceType"] == "ServiceRequest"
+    assert focus["status"] == "draft"
     assert f"Observation/{weight['id']}/_history/{weight['meta']['versionId']}" in str(
-        focus["derivedFrom"]
+        focus["reasonReference"]
     )
     provenances = await pipeline.search("Provenance", target=task["focus"]["reference"])
     assert len(provenances) == 1
-    assert f"bmi@{BMI.declaration.version}" in str(provenances[0]["agent"])
+    assert f"obesity@{OBESITY.declaration.version}" in str(provenances[0]["agent"])
+    # The BMI is on the results-review list, its own Provenance, no Task of its own.
+    [review] = live(await pipeline.tasks_for(patient), "results-review")
+    [item] = [i["valueReference"]["reference"] for i in review["input"]]
+    bmi = await pipeline.read(item)
+    assert bmi["status"] == "preliminary"
+    assert bmi["valueQuantity"]["value"] == pytest.approx(34.9, abs=0.05)
+    assert len(await pipeline.search("Provenance", target=item)) == 1
+    assert live(await pipeline.tasks_for(patient), "bmi.") == []
     # A success is recorded by its Provenance (and the events table), not by an AuditEvent
     # (STARVIT_MEDPLUM_AUDIT_EVENTS=failures, the default).
     audits = await pipeline.search("AuditEvent", _tag=TAG)
@@ -99,28 +117,36 @@ async def test_redelivered_notifications_make_one_set_of_effects(pipeline: Pipel
     assert len(await pipeline.search("Observation", subject=patient, _tag=TAG)) == before
 
 
-async def test_newer_evidence_supersedes_the_pending_task(pipeline: Pipeline) -> None:
+async def test_newer_evidence_updates_in_place_and_withdraws_what_no_longer_holds(
+    pipeline: Pipeline,
+) -> None:
+    """Finding 9 end to end: the obesity referral built on BMI 34.9 is withdrawn, with the
+    reason, when the newest weight puts the BMI at 25.7; the BMI item is updated in place."""
     patient = await pipeline.new_patient()
-    await pipeline.weight_and_height(patient, weight=95.0, when="2025-03-01T09:00:00Z")
+    await pipeline.weight_and_height(patient, weight=95.0, when=days_ago(40))
     await pipeline.settled()
+    [referral] = live(await pipeline.tasks_for(patient))
     # Two new weights at once, written out of order: the later one in time is written first.
-    await pipeline.partner.create(observation(patient, "29463-7", 70, "kg", "2025-05-01T09:00:00Z"))
-    await pipeline.partner.create(observation(patient, "29463-7", 80, "kg", "2025-04-01T09:00:00Z"))
+    await pipeline.partner.create(observation(patient, "29463-7", 70, "kg", days_ago(10)))
+    await pipeline.partner.create(observation(patient, "29463-7", 80, "kg", days_ago(20)))
     await pipeline.settled()
     tasks = await pipeline.tasks_for(patient)
-    current = live(tasks)
-    assert len(current) == 1, [t["code"]["text"] for t in current]
-    assert "25.7" in current[0]["code"]["text"]  # 70 kg / 1.65 m squared, the newest weight
-    superseded = [t for t in tasks if t["status"] == "cancelled"]
-    assert superseded
-    assert all(t["statusReason"]["text"] == "superseded" for t in superseded)
+    assert live(tasks) == []
+    withdrawn = await pipeline.read(f"Task/{referral['id']}")
+    assert withdrawn["status"] == "cancelled"
+    assert withdrawn["statusReason"]["coding"][0]["code"] == "no-longer-supported"
+    assert "25.7" in withdrawn["statusReason"]["text"]
+    assert (await pipeline.read(referral["focus"]["reference"]))["status"] == "revoked"
+    [review] = live(tasks, "results-review")
+    assert "25.7" in review["description"]  # 70 kg / 1.65 m squared, the newest weight
     bmi = [
         o
         for o in await pipeline.search("Observation", subject=patient, _tag=TAG)
         if o["code"]["coding"][0]["code"] == "39156-5"
     ]
-    # A clinician never sees two pending versions: the superseded proposals are withdrawn.
-    assert [o["status"] for o in bmi].count("preliminary") == 1
+    # One BMI Observation, updated in place: nothing written and then cancelled.
+    assert [o["status"] for o in bmi] == ["preliminary"]
+    assert len([t for t in tasks if t["status"] == "cancelled"]) == 1
 
 
 async def test_clinician_approval_finalises_and_rejection_retracts(pipeline: Pipeline) -> None:
@@ -140,14 +166,14 @@ async def test_clinician_approval_finalises_and_rejection_retracts(pipeline: Pip
     await pipeline.settled()
     approved = await pipeline.read(approve_task["focus"]["reference"])
     rejected = await pipeline.read(reject_task["focus"]["reference"])
-    assert approved["status"] == "final"
-    assert rejected["status"] == "cancelled"
+    assert approved["status"] == "active"
+    assert rejected["status"] == "revoked"
     assert "Height measured with shoes on" in str(rejected["note"])
     verifications = await pipeline.search("Provenance", target=approve_task["focus"]["reference"])
     verifier = [p for p in verifications if "verifier" in str(p["agent"])]
     assert len(verifier) == 1
     assert "Practitioner/clinician-alice" in str(verifier[0]["agent"])
-    assert f"bmi@{BMI.declaration.version}" in str(verifier[0]["agent"])
+    assert f"obesity@{OBESITY.declaration.version}" in str(verifier[0]["agent"])
 
 
 async def test_a_status_change_by_a_non_clinician_is_refused(pipeline: Pipeline) -> None:
@@ -169,7 +195,7 @@ async def test_a_status_change_by_a_non_clinician_is_refused(pipeline: Pipeline)
         await session.aclose()
     await pipeline.settled()
     for focus in (task["focus"]["reference"], other_task["focus"]["reference"]):
-        assert (await pipeline.read(focus))["status"] == "preliminary"
+        assert (await pipeline.read(focus))["status"] == "draft"
     for refused_task in (task, other_task):
         # Back in the clinicians' list, not left "completed" by someone who may not decide.
         assert (await pipeline.read(f"Task/{refused_task['id']}"))["status"] == "requested"
@@ -188,7 +214,7 @@ async def test_entered_in_error_evidence_withdraws_the_suggestion(pipeline: Pipe
     withdrawn = await pipeline.read(f"Task/{task['id']}")
     assert withdrawn["status"] == "cancelled"
     assert withdrawn["statusReason"]["coding"][0]["code"] == "evidence-withdrawn"
-    assert (await pipeline.read(task["focus"]["reference"]))["status"] == "cancelled"
+    assert (await pipeline.read(task["focus"]["reference"]))["status"] == "revoked"
 
 
 async def test_medplum_failures_are_retried_until_processed(pipeline: Pipeline) -> None:
@@ -258,14 +284,14 @@ async def _missed_weight_events_are_swept(pipeline: Pipeline) -> None:
     await pipeline.settled()
     missed = {height["id"], weight["id"]}
     assert not [e for e in pipeline.events() if e[1] == "bmi" and e[3] in missed]
-    assert live(await pipeline.tasks_for(patient)) == []
+    assert live(await pipeline.tasks_for(patient), "results-review") == []
 
     swept = pipeline.stack.run("sweep")
     assert swept.returncode == 0, swept.stdout + swept.stderr
     await pipeline.settled()
     recovered = [e for e in pipeline.events() if e[1] == "bmi" and e[3] in missed]
     assert {e[3] for e in recovered} == missed
-    assert len(live(await pipeline.tasks_for(patient))) == 1
+    assert len(live(await pipeline.tasks_for(patient), "results-review")) == 1
 
     status = pipeline.stack.run("subscriptions", "status")
     assert status.returncode == 1
@@ -299,7 +325,7 @@ async def test_no_phi_reaches_logs_spans_or_the_database(pipeline: Pipeline) -> 
     await pipeline.settled()
     # The canary did reach Medplum (where PHI belongs) and the service processed it...
     assert "Canaryfield" in str(await pipeline.read(patient))
-    assert (await pipeline.read(task["focus"]["reference"]))["status"] == "final"
+    assert (await pipeline.read(task["focus"]["reference"]))["status"] == "active"
     # ... but no log line, span, or row of any table in the service's database holds it.
     output = "\n".join(line for p in pipeline.stack.processes for line in p.output)
     assert "event_processed" in output
@@ -345,7 +371,62 @@ async def test_undecided_tasks_expire_and_their_proposals_are_withdrawn(
     expired = await pipeline.read(f"Task/{task['id']}")
     assert expired["status"] == "cancelled"
     assert expired["statusReason"]["coding"][0]["code"] == "expired"
-    assert (await pipeline.read(task["focus"]["reference"]))["status"] == "cancelled"
+    assert (await pipeline.read(task["focus"]["reference"]))["status"] == "revoked"
+
+
+async def test_an_urgent_task_never_expires_and_is_escalated_once_overdue(
+    pipeline: Pipeline,
+) -> None:
+    """Finding 7: a crisis reading opens an urgent Task due in hours; it is escalated to the
+    configured target when overdue, audited, and never withdrawn by the expiry."""
+    patient = await pipeline.new_patient()
+    panel = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+        "subject": {"reference": patient},
+        "effectiveDateTime": days_ago(0),
+        "component": [
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                "valueQuantity": {
+                    "value": value,
+                    "unit": "mm[Hg]",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "mm[Hg]",
+                },
+            }
+            for code, value in (("8480-6", 190), ("8462-4", 125))
+        ],
+    }
+    await pipeline.partner.create(panel)
+    await pipeline.settled()
+    [task] = live(await pipeline.tasks_for(patient), "blood-pressure.hypertensive-crisis")
+    assert task["priority"] == "urgent"
+    assert "mmHg" in task["code"]["text"]
+    due = datetime.fromisoformat(task["restriction"]["period"]["end"])
+    authored = datetime.fromisoformat(task["authoredOn"])
+    assert due - authored == timedelta(hours=4)
+    settings = load_settings(
+        medplum_base_url=pipeline.devserver.base_url,
+        medplum_client_secret=pipeline.stack.env()["STARVIT_MEDPLUM_CLIENT_SECRET"],
+        escalation_target="PractitionerRole/on-call",
+    )
+    async with medplum_client(settings) as medplum:
+        assert await escalate_tasks(medplum, settings) == 0  # not overdue yet
+        later = datetime.now(UTC) + timedelta(hours=5)
+        assert await escalate_tasks(medplum, settings, now=later) >= 1
+        assert await escalate_tasks(medplum, settings, now=later) == 0  # once
+        await expire_tasks(medplum, settings, now=datetime.now(UTC) + timedelta(days=31))
+    escalated = await pipeline.read(f"Task/{task['id']}")
+    assert escalated["status"] == "requested"  # never expired
+    assert escalated["priority"] == "stat"
+    assert escalated["owner"] == {"reference": "PractitionerRole/on-call"}
+    audits = await pipeline.search("AuditEvent", _tag=TAG)
+    assert any(
+        "escalated" in str(a.get("outcomeDesc")) and f"Task/{task['id']}" in str(a["entity"])
+        for a in audits
+    )
 
 
 async def test_a_forged_delete_withdraws_nothing(pipeline: Pipeline) -> None:
@@ -401,12 +482,12 @@ async def _missed_decision_is_swept(pipeline: Pipeline, task: dict[str, Any]) ->
     finally:
         await session.aclose()
     await pipeline.settled()
-    assert (await pipeline.read(task["focus"]["reference"]))["status"] == "preliminary"
+    assert (await pipeline.read(task["focus"]["reference"]))["status"] == "draft"
 
     swept = pipeline.stack.run("sweep")
     assert swept.returncode == 0, swept.stdout + swept.stderr
     await pipeline.settled()
-    assert (await pipeline.read(task["focus"]["reference"]))["status"] == "final"
+    assert (await pipeline.read(task["focus"]["reference"]))["status"] == "active"
     synced = pipeline.stack.run("subscriptions", "sync")
     assert synced.returncode == 0, synced.stdout + synced.stderr
 

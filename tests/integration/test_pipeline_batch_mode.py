@@ -42,12 +42,14 @@ async def test_batch_writes_resolve_references_and_heal_after_a_partial_failure(
     tag = f"{TAG_SYSTEM}|{TAG_CODE}"
     observations = await pipeline.search("Observation", subject=patient, _tag=tag)
     tasks = [t for t in await pipeline.tasks_for(patient) if t["status"] == "requested"]
-    bmi_tasks = [t for t in tasks if t["code"]["coding"][0]["code"].startswith("bmi.")]
+    lists = [t for t in tasks if t["code"]["coding"][0]["code"] == "results-review"]
     bmi = [o for o in observations if o["code"]["coding"][0]["code"] == "39156-5"]
     assert len(bmi) == 1
-    assert len(bmi_tasks) == 1
-    assert bmi_tasks[0]["focus"]["reference"] == f"Observation/{bmi[0]['id']}"
+    assert len(lists) == 1  # the BMI is an item of the patient's one results-review Task
+    assert [i["valueReference"]["reference"] for i in lists[0]["input"]] == [
+        f"Observation/{bmi[0]['id']}"
+    ]
     provenances = await pipeline.search("Provenance", target=f"Observation/{bmi[0]['id']}")
     assert len(provenances) == 1
-    assert "urn:uuid" not in str(provenances[0]) + str(bmi_tasks[0])
+    assert "urn:uuid" not in str(provenances[0]) + str(lists[0])
     assert (await pipeline.stats())["faults_injected"] == 8

@@ -75,13 +75,18 @@ async def test_an_update_and_a_delete_reach_the_bot_on_medplum_5_0(pipeline: Pip
     assert len(deleted) == 1
     assert deleted[0][5] == "processed"
     assert deleted[0][6] == "retracted"
-    bmi_tasks = [
+    # The BMI was an item of the results-review list, the referral a Task of its own: the
+    # delete withdraws both.
+    tasks = [
         t
         for t in await pipeline.tasks_for(patient)
-        if t["code"]["coding"][0]["code"].startswith("bmi.")
+        if t["code"]["coding"][0]["code"] in ("results-review", "obesity.weight-management")
     ]
-    assert bmi_tasks
-    assert all(t["status"] != "requested" for t in bmi_tasks)
+    assert {t["code"]["coding"][0]["code"] for t in tasks} == {
+        "results-review",
+        "obesity.weight-management",
+    }
+    assert all(t["status"] != "requested" for t in tasks)
 
 
 async def test_a_transaction_conflict_is_retried_by_the_client_not_the_job_queue(

@@ -90,7 +90,9 @@ def bp_panel(
     }
 
 
-def condition(cid: str, snomed: str, status: str = "active") -> JSONObject:
+def condition(
+    cid: str, snomed: str, status: str = "active", *, system: str = "http://snomed.info/sct"
+) -> JSONObject:
     return {
         "resourceType": "Condition",
         "id": cid,
@@ -103,7 +105,7 @@ def condition(cid: str, snomed: str, status: str = "active") -> JSONObject:
                 }
             ]
         },
-        "code": {"coding": [{"system": "http://snomed.info/sct", "code": snomed}]},
+        "code": {"coding": [{"system": system, "code": snomed}]},
         "subject": {"reference": PATIENT_REF},
     }
 

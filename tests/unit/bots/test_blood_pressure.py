@@ -7,6 +7,7 @@ from app.botkit.declaration import (
     NoResult,
     OpenReviewTask,
     ProposeObservation,
+    Retract,
 )
 from app.fhir.resource_json import JSONObject
 from bots.blood_pressure import BOT
@@ -22,11 +23,13 @@ def bp(
 
 def test_declaration() -> None:
     d = BOT.declaration
-    assert (d.name, d.version) == ("blood-pressure", "1.1.0")
+    assert (d.name, d.version) == ("blood-pressure", "1.2.0")
     for code in ("85354-9", "55284-4", "8480-6", "8462-4"):
         assert f"http://loinc.org|{code}" in d.trigger.criteria
     assert d.trigger.criteria.startswith("Observation?code=")
     [prefetch] = d.prefetch
+    assert d.policy("bp-average").actionable is False
+    assert d.policy("hypertension").actionable is True
     assert prefetch.query.endswith("&_sort=-date&_count=50")
     assert "subject={{patient}}" in prefetch.query
     assert Interaction.DELETE in d.trigger.interactions
@@ -36,9 +39,11 @@ def test_average_of_two_occasions_stage_1() -> None:
     first = bp_panel("bp1", 132, 84, "2024-04-20T08:00:00+01:00")
     second = bp_panel("bp2", 135, 85, "2024-05-01T08:15:00+01:00")
     effects = bp(second, first)
-    proposal, task = effects
+    retract, proposal, task = effects
+    assert isinstance(retract, Retract)
+    assert retract.slot == "bp-average"  # a listed normal average no longer holds
     assert isinstance(proposal, ProposeObservation)
-    assert proposal.slot == "bp-average"
+    assert proposal.slot == "hypertension"
     assert proposal.loinc == "85354-9"
     assert proposal.value is None
     assert [(c.loinc, c.value, c.unit) for c in proposal.components] == [
@@ -52,8 +57,8 @@ def test_average_of_two_occasions_stage_1() -> None:
         Evidence("Observation/bp2", "1"),
     }
     assert isinstance(task, OpenReviewTask)
-    assert (task.slot, task.priority) == ("bp-average", "routine")
-    assert task.title == "Review average BP 134/85 mm[Hg] (stage 1 hypertension)"
+    assert (task.slot, task.priority, task.severity) == ("hypertension", "routine", 1)
+    assert task.title == "Review average BP 134/85 mmHg (stage 1 hypertension)"
     assert "Whelton" in task.rationale
     assert "2024-04-20 to 2024-05-01" in task.rationale
 
@@ -80,7 +85,7 @@ def test_crisis_opens_an_urgent_task_even_without_two_occasions() -> None:
     assert isinstance(task, OpenReviewTask)
     assert task.slot == "hypertensive-crisis"
     assert task.priority == "urgent"
-    assert task.title == "URGENT: BP 182/121 mm[Hg] — hypertensive crisis range"
+    assert task.title == "URGENT: BP 182/121 mmHg — hypertensive crisis range"
     assert task.evidence[0] == Evidence("Observation/bp9", "1")
     assert "section 11.2" in task.rationale
     assert isinstance(no_result, NoResult)
@@ -105,7 +110,7 @@ def test_crisis_in_kpa() -> None:
     crisis = bp_panel("bp9", 24.5, 13, "2024-05-01T08:15:00+01:00", unit="kPa")  # 183.8/97.5
     task = bp(crisis)[0]
     assert isinstance(task, OpenReviewTask)
-    assert task.title == "URGENT: BP 184/98 mm[Hg] — hypertensive crisis range"
+    assert task.title == "URGENT: BP 184/98 mmHg — hypertensive crisis range"
 
 
 def test_single_systolic_and_diastolic_are_paired() -> None:
@@ -114,8 +119,9 @@ def test_single_systolic_and_diastolic_are_paired() -> None:
     s2 = observation("s2", "8480-6", 124, "mm[Hg]", "2024-05-01T08:00:00Z")
     d2 = observation("d2", "8462-4", 76, "mm[Hg]", "2024-05-01T08:00:00Z")
     effects = bp(d2, s1, d1, s2)
-    proposal = effects[0]
+    proposal = effects[1]
     assert isinstance(proposal, ProposeObservation)
+    assert proposal.slot == "bp-average"
     assert [c.value for c in proposal.components] == [126.0, 77.0]
     assert proposal.category is not None
     assert proposal.category.startswith("elevated")
@@ -138,7 +144,7 @@ def test_unpaired_single_is_no_reading() -> None:
 def test_legacy_panel_code() -> None:
     first = bp_panel("bp1", 112, 72, "2024-04-20T08:00:00Z", code="55284-4")
     second = bp_panel("bp2", 114, 74, "2024-05-01T08:00:00Z", code="55284-4")
-    proposal = bp(second, first)[0]
+    proposal = bp(second, first)[1]
     assert isinstance(proposal, ProposeObservation)
     assert proposal.category is not None
     assert proposal.category.startswith("normal")
@@ -152,12 +158,16 @@ def test_preliminary_and_cancelled_readings_are_ignored() -> None:
     assert isinstance(no_result, NoResult)
 
 
-def test_systolic_not_above_diastolic_is_invalid() -> None:
+def test_a_reading_with_systolic_not_above_diastolic_is_excluded_alone() -> None:
     first = bp_panel("bp1", 80, 90, "2024-04-20T08:00:00Z")
     second = bp_panel("bp2", 114, 74, "2024-05-01T08:00:00Z")
     [no_result] = bp(second, first)
     assert isinstance(no_result, NoResult)
-    assert no_result.outcome == "invalid_input"
+    assert no_result.outcome == "insufficient_evidence"  # one usable occasion is left
+    third = bp_panel("bp3", 118, 76, "2024-04-25T08:00:00Z")
+    effects = bp(second, first, third)
+    proposal = next(e for e in effects if isinstance(e, ProposeObservation))
+    assert {e.reference for e in proposal.evidence} == {"Observation/bp2", "Observation/bp3"}
 
 
 def test_child_gets_no_average_but_crisis_still_flagged() -> None:

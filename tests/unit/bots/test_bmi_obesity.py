@@ -12,6 +12,7 @@ from app.botkit.declaration import (
     OpenReviewTask,
     ProposeObservation,
     ProposeRequest,
+    Retract,
 )
 from app.fhir.resource_json import JSONObject
 from bots.bmi import BOT as BMI
@@ -32,7 +33,7 @@ def bmi_effects(*resources: JSONObject, notified: JSONObject | None = None) -> l
 class TestDeclaration:
     def test_bmi(self) -> None:
         d = BMI.declaration
-        assert (d.name, d.version) == ("bmi", "1.1.0")
+        assert (d.name, d.version) == ("bmi", "1.2.0")
         assert (
             d.trigger.criteria
             == "Observation?code=http://loinc.org|29463-7,http://loinc.org|8302-2"
@@ -47,7 +48,7 @@ class TestDeclaration:
 
     def test_obesity(self) -> None:
         d = OBESITY.declaration
-        assert (d.name, d.version) == ("obesity", "1.1.0")
+        assert (d.name, d.version) == ("obesity", "1.2.0")
         assert d.trigger.criteria == BMI.declaration.trigger.criteria
         assert "USPSTF" in d.citation.source or "Preventive" in d.citation.source
 
@@ -233,9 +234,13 @@ class TestObesity:
         assert "USPSTF" in task.rationale
         assert task.evidence == request.evidence
 
-    def test_below_30_nothing(self) -> None:
+    def test_below_30_proposes_nothing_and_retracts_a_pending_referral(self) -> None:
         w = weight("w1", 86.5, "2024-05-02T09:30:00+01:00")  # 29.93 -> 29.9
-        assert run(OBESITY, w, weights=[w], heights=[H]) == []
+        [retract] = run(OBESITY, w, weights=[w], heights=[H])
+        assert isinstance(retract, Retract)
+        assert retract.slot == "weight-management"
+        assert "29.9" in retract.reason
+        assert "below 30" in retract.reason
 
     def test_no_bmi_passes_the_reason(self) -> None:
         w = weight("w1", 120, "2024-05-02T09:30:00+01:00")

@@ -89,7 +89,9 @@ def test_refused_results_do_not_count_in_the_ckd_series() -> None:
     old = with_comparator(observation("c0", "2160-0", 3.0, "mg/dL", "2024-01-01T08:00:00Z"), ">")
     new = observation("c1", "2160-0", 3.0, "mg/dL", "2024-05-01T08:00:00Z")
     effects = run(EGFR, new, WOMAN_60, creatinine=[new, old])
-    assert [type(e) for e in effects] == [ProposeObservation, OpenReviewTask]
+    # G4 by itself drafts a referral; the bound must not make a staging review of 120 days.
+    assert not any(isinstance(e, OpenReviewTask) and e.slot == "ckd-staging" for e in effects)
+    assert [type(e) for e in effects][:2] == [ProposeObservation, OpenReviewTask]
 
 
 def test_data_absent_and_entered_in_error_are_not_evidence() -> None:
@@ -153,12 +155,16 @@ def test_a_second_result_in_the_diabetes_range_says_the_criteria_are_met() -> No
     assert "confirm with a second" not in task.rationale
     assert "two abnormal results confirm" in task.rationale
     assert task.evidence == (Evidence("Observation/a1", "1"), Evidence("Observation/a0", "1"))
-    # An earlier result below 6.5 %, or a later one, does not confirm.
+    # An earlier result below 6.5 % does not confirm.
     normal = a1c("a0", "4548-4", 6.0, "%", "2024-02-01T08:00:00Z")
+    effects = run(HBA1C, notified, hba1c=[notified, normal])
+    assert isinstance(effects[0], ProposeRequest)
+    # A later result held when an older one is notified: the suggestion rests on the newest,
+    # with the notified one as the earlier abnormal result.
     later = a1c("a2", "4548-4", 7.0, "%", "2024-06-01T08:00:00Z")
-    for other in (normal, later):
-        effects = run(HBA1C, notified, hba1c=[notified, other])
-        assert isinstance(effects[0], ProposeRequest)
+    [task] = run(HBA1C, notified, hba1c=[notified, later])
+    assert isinstance(task, OpenReviewTask)
+    assert task.evidence == (Evidence("Observation/a2", "1"), Evidence("Observation/a1", "1"))
 
 
 # ------------------------------------------------------------------------- blood pressure
@@ -177,10 +183,8 @@ def test_an_impossible_earlier_reading_is_left_out_of_the_average() -> None:
     typo = bp_panel("bp0", 1320, 84, "2024-05-01T08:00:00Z")
     first = bp_panel("bp1", 132, 84, "2024-04-25T08:00:00Z")
     notified = bp_panel("bp2", 136, 86, "2024-05-02T08:00:00Z")
-    proposal, _ = run(
-        BLOOD_PRESSURE, notified, WOMAN_60, **{"blood-pressure": [notified, first, typo]}
-    )
-    assert isinstance(proposal, ProposeObservation)
+    effects = run(BLOOD_PRESSURE, notified, WOMAN_60, **{"blood-pressure": [notified, first, typo]})
+    proposal = next(e for e in effects if isinstance(e, ProposeObservation))
     assert [c.value for c in proposal.components] == [134, 85]
 
 

@@ -219,8 +219,9 @@ def test_replay_json_crisis() -> None:
     effects = json.loads(out)["effects"]
     assert effects[0]["type"] == "OpenReviewTask"
     assert effects[0]["priority"] == "urgent"
-    assert effects[0]["title"] == "URGENT: BP 182/121 mm[Hg] — hypertensive crisis range"
-    assert effects[1]["components"][0] == {
+    assert effects[0]["title"] == "URGENT: BP 182/121 mmHg — hypertensive crisis range"
+    assert effects[1]["type"] == "Retract"
+    assert effects[2]["components"][0] == {
         "loinc": "8480-6",
         "display": "Systolic blood pressure",
         "value": 162.0,

@@ -82,9 +82,18 @@ class TestAverage:
             reading(128, 76),
         ]
         result = assess_blood_pressure(readings)
-        assert (result.systolic, result.diastolic) == (125, 76)
+        # Per occasion: day 20 130/80; day 10 121/74; today 128/76 -> 126.3/76.7 -> 126/77.
+        assert (result.systolic, result.diastolic) == (126, 77)
         assert result.category is Category.ELEVATED
         assert (result.occasions, len(result.readings)) == (3, 4)
+
+    def test_each_occasion_weighs_the_same(self) -> None:
+        """Ten 165/100 on one day and one 118/75 on another: pooled 161/98, per occasion
+        (ACC/AHA 2017: an average of >= 2 readings on >= 2 occasions) 142/88."""
+        readings = [reading(165, 100, 3) for _ in range(10)] + [reading(118, 75)]
+        result = assess_blood_pressure(readings)
+        assert (result.systolic, result.diastolic) == (142, 88)
+        assert result.occasions == 2
 
     def test_category_follows_the_rounded_average(self) -> None:
         result = assess_blood_pressure([reading(129, 70, 1), reading(130, 70)])
@@ -129,10 +138,29 @@ class TestBadReadings:
             (reading(80, 120), "systolic (80) must be higher than diastolic (120)"),
         ],
     )
-    def test_unusable_reading_gives_no_result(
+    def test_an_unusable_reading_is_excluded_alone(
         self, bad: BloodPressureReading, reason_part: str
     ) -> None:
-        result = assess_blood_pressure([reading(130, 85, 5), bad])
+        del reason_part
+        result = assess_blood_pressure([reading(130, 85, 5), reading(134, 87, 2), bad])
+        assert result.outcome is Outcome.COMPUTED
+        assert (result.systolic, result.diastolic) == (132, 86)
+        assert bad not in result.readings
+
+    @pytest.mark.parametrize(
+        ("bad", "reason_part"),
+        [
+            (reading(-120, 80), "systolic must be greater than zero"),
+            (reading(120, math.nan), "diastolic must be a finite number"),
+            (reading(120, 80, unit="mmHg"), "not a valid UCUM unit"),
+            (reading(120, 80, unit="kg"), "cannot convert 'kg'"),
+            (reading(80, 120), "systolic (80) must be higher than diastolic (120)"),
+        ],
+    )
+    def test_only_unusable_readings_give_no_result(
+        self, bad: BloodPressureReading, reason_part: str
+    ) -> None:
+        result = assess_blood_pressure([bad])
         assert result.outcome is Outcome.INVALID_INPUT
         assert result.systolic is None
         assert result.reason is not None

@@ -707,21 +707,16 @@ def test_decisions_processed_out_of_order_leave_no_contradiction() -> None:
     assert_task_and_proposal_agree(store)
 
 
-def test_an_approval_after_supersession_changes_nothing_and_says_so() -> None:
+def test_an_approval_after_withdrawal_changes_nothing_and_says_so() -> None:
     store = Store()
     propose(store, 1, False)
-    propose(store, 2, False)
-    superseded = next(t for t in store.of_type("Task") if t["status"] == "cancelled")
-    index = sorted(int(str(t["id"])) for t in store.of_type("Task")).index(
-        int(str(superseded["id"]))
-    )
-    decide(store, "clinician", "completed", index)
-    task = TaskView(store.resources[f"Task/{superseded['id']}"])
+    withdraw(store)
+    [withdrawn] = store.of_type("Task")
+    decide(store, "clinician", "completed", 0)
+    task = TaskView(store.resources[f"Task/{withdrawn['id']}"])
     assert task.status == "cancelled"
-    assert task.status_reason_code == "superseded"
-    assert "superseded by a newer suggestion before your decision; nothing was changed" in str(
-        task.json["note"]
-    )
+    assert task.status_reason_code == "evidence-withdrawn"
+    assert "before your decision; nothing was changed" in str(task.json["note"])
     assert store.resources[task.focus or ""]["status"] == "cancelled"
     assert not [p for p in store.of_type("Provenance") if "verifier" in str(p)]
 
@@ -853,20 +848,20 @@ def test_related_scope_refuses_an_unrelated_clinician_and_says_why() -> None:
     assert project.outcome == "finalised", "scope project: any clinician of the project"
 
 
-def test_supersession_leaves_one_live_task() -> None:
+def test_newer_evidence_updates_the_one_live_task_in_place() -> None:
     store = Store()
     propose(store, 1, False)
+    [first] = store.of_type("Task")
     propose(store, 2, False)
-    live = [t for t in store.of_type("Task") if t["status"] == "requested"]
-    cancelled = [t for t in store.of_type("Task") if t["status"] == "cancelled"]
-    assert len(live) == 1
-    assert len(cancelled) == 1
-    assert "superseded" in str(cancelled[0]["statusReason"])
-    observations = {str(o["status"]) for o in store.of_type("Observation")}
-    assert observations == {"preliminary", "cancelled"}  # the old proposal is withdrawn
-    successor = TaskView(live[0]).identifier_value(TASK_SYSTEM)
-    assert successor is not None
-    assert successor in str(cancelled[0]["extension"])
-    assert all(
-        ResourceView(o).identifier_value(PROPOSAL_SYSTEM) for o in store.of_type("Observation")
-    )
+    [task] = store.of_type("Task")  # no second Task, nothing cancelled
+    assert task["id"] == first["id"]
+    assert task["status"] == "requested"
+    assert ResourceView(task).version_id == "2"
+    assert "Observation/w/_history/2" in str(task["input"])
+    [observation] = store.of_type("Observation")  # the proposal updated in place
+    assert observation["status"] == "preliminary"
+    assert "Observation/w/_history/2" in str(observation["derivedFrom"])
+    assert TaskView(task).identifier_value(TASK_SYSTEM) is not None
+    assert ResourceView(observation).identifier_value(PROPOSAL_SYSTEM)
+    # Each content has its own Provenance.
+    assert len(store.of_type("Provenance")) == 2
