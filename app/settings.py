@@ -127,6 +127,14 @@ class Settings(BaseSettings):
     # participant of an active CareTeam of the patient.
     decision_scope: Literal["project", "related"] = "project"
 
+    # --- Partner bundle API (POST /v1/bundles) ---
+    # The partner registry (JSON; docs/PARTNERS.md): client id -> tenant, resource types and
+    # interactions, limits. Unset: no partner is registered and every partner request is refused.
+    partner_registry: Path | None = None
+    # How far in the future a clinical time (effective, issued, recorded...) may lie: clocks of
+    # devices and laboratories drift.
+    partner_future_tolerance_minutes: int = Field(default=5, ge=0, le=1440)
+
     # --- Observability ---
     otel_exporter: Literal["none", "otlp", "console"] = "none"
     otel_endpoint: str | None = None

@@ -27,7 +27,9 @@ type Json = dict[str, object]
 
 def _entries(path: Path) -> list[Json]:
     bundle = cast("Json", json.loads(path.read_text()))
-    return [cast("Json", cast("Json", e)["resource"]) for e in cast("list[object]", bundle["entry"])]
+    return [
+        cast("Json", cast("Json", e)["resource"]) for e in cast("list[object]", bundle["entry"])
+    ]
 
 
 def _value_set_codes(value_sets: dict[str, Json], url: str) -> list[str]:

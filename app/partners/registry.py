@@ -88,7 +88,9 @@ class Partner(BaseModel):
 
     @field_validator("resources")
     @classmethod
-    def _resources(cls, value: dict[str, frozenset[Interaction]]) -> dict[str, frozenset[Interaction]]:
+    def _resources(
+        cls, value: dict[str, frozenset[Interaction]]
+    ) -> dict[str, frozenset[Interaction]]:
         for resource_type, interactions in value.items():
             if not _RESOURCE_TYPE.match(resource_type):
                 raise ValueError(f"{resource_type!r} is not a resource type name")

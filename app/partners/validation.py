@@ -69,7 +69,9 @@ _DATE = re.compile(
     r"(T(?P<H>\d{2}):(?P<M>\d{2})(:(?P<S>\d{2})(\.\d+)?)?(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
 )
 _URN = ("urn:uuid:", "urn:oid:")
-_LITERAL = re.compile(r"^(?P<type>[A-Z][A-Za-z]{0,63})/(?P<id>[A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?$")
+_LITERAL = re.compile(
+    r"^(?P<type>[A-Z][A-Za-z]{0,63})/(?P<id>[A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?$"
+)
 _CONDITIONAL = re.compile(r"^[A-Z][A-Za-z]{0,63}\?.+$")
 
 
@@ -173,7 +175,9 @@ def check_bundle(
     for index, item in enumerate(raw_entries):
         _check_entry(check, index, item, partner, policy, now, local_urls)
         if isinstance(item, dict) and (url := get_str(item, "fullUrl")) and full_urls[url] > 1:
-            check.problems.append(EntryProblem(index, url, "fullUrl", "full_url_duplicate", "invalid"))
+            check.problems.append(
+                EntryProblem(index, url, "fullUrl", "full_url_duplicate", "invalid")
+            )
     if (
         bundle_type == "transaction"
         and len(check.entries) > MEDPLUM_CONDITIONAL_TRANSACTION_CAP
@@ -189,7 +193,7 @@ def _bundle_problem(path: str, code: str) -> EntryProblem:
     return EntryProblem(-1, None, path, code, "invalid")
 
 
-def _check_entry(
+def _check_entry(  # noqa: PLR0917 - one private call site
     check: BundleCheck,
     index: int,
     item: JSONValue,
@@ -199,7 +203,9 @@ def _check_entry(
     local_urls: set[str],
 ) -> None:
     if not isinstance(item, dict):
-        check.problems.append(EntryProblem(index, None, "Bundle.entry", "entry_malformed", "invalid"))
+        check.problems.append(
+            EntryProblem(index, None, "Bundle.entry", "entry_malformed", "invalid")
+        )
         return
     full_url = get_str(item, "fullUrl")
 
@@ -303,7 +309,11 @@ def _grants_clinician_role(resource: Mapping[str, JSONValue], policy: CheckPolic
     for concept in get_objects(resource, "code"):
         for coding in get_objects(concept, "coding"):
             system, code = get_str(coding, "system"), get_str(coding, "code")
-            if system is not None and code is not None and (system, code) in policy.clinician_role_codes:
+            if (
+                system is not None
+                and code is not None
+                and (system, code) in policy.clinician_role_codes
+            ):
                 return True
     return False
 
