@@ -301,7 +301,13 @@ class PartnerService:
         assert claim.bundle_id is not None
         try:
             answer = await self._run(
-                partner, token, str(claim.bundle_id), body, dry_run=dry_run, facts=facts
+                partner,
+                token,
+                str(claim.bundle_id),
+                body,
+                dry_run=dry_run,
+                facts=facts,
+                fingerprint=fingerprint,
             )
         except BaseException:
             # Refused, or failed before an outcome worth keeping: the key may be used again
@@ -335,6 +341,7 @@ class PartnerService:
         *,
         dry_run: bool,
         facts: RequestFacts,
+        fingerprint: str,
     ) -> Answer:
         try:
             parsed: JSONValue = orjson.loads(body)
@@ -347,7 +354,7 @@ class PartnerService:
         _raise_problems(check.problems)
         with acting_as(token):
             resolved = await self._resolve_conditional(check)
-            entries = [_prepared(entry, partner, resolved) for entry in check.entries]
+            entries = [_prepared(entry, partner, resolved, fingerprint) for entry in check.entries]
             await self._check_tenant(check, partner)
             await self._validate(entries)
             if dry_run:
@@ -561,8 +568,10 @@ class PartnerService:
         )
         requests: list[BundleRequest] = []
         for part, start in enumerate(range(0, len(results), size)):
+            # Plain Type/id: what Provenance?target= finds (the version is in the resource's
+            # history, and the Provenance's recorded time says when).
             targets = [
-                _versioned(result)
+                result.reference
                 for result in results[start : start + size]
                 if result.ok and result.reference
             ]
@@ -679,7 +688,9 @@ class _Prepared:
         )
 
 
-def _prepared(entry: ParsedEntry, partner: Partner, resolved: Mapping[str, str]) -> _Prepared:
+def _prepared(
+    entry: ParsedEntry, partner: Partner, resolved: Mapping[str, str], fingerprint: str
+) -> _Prepared:
     resource = rewrite_resource(entry.resource, resolved) if resolved else entry.resource
     if entry.interaction != "create":
         return _Prepared(entry, resource, None)
@@ -688,9 +699,10 @@ def _prepared(entry: ParsedEntry, partner: Partner, resolved: Mapping[str, str])
     identifier = first_identifier(resource)
     if identifier is None:
         # No identifier of the partner's: the service adds one derived from the entry's
-        # fullUrl (unique per resource by FHIR's rules) so the create can be conditional.
-        value = entry.full_url or f"entry-{entry.index}"
-        identifier = (partner.entry_identifier_system, value)
+        # fullUrl (unique per resource by FHIR's rules), else from the request's fingerprint
+        # and the entry's position, so the create can be conditional. Never the urn:uuid
+        # itself: Medplum rewrites every string equal to a bundle's urn:uuid fullUrl.
+        identifier = (partner.entry_identifier_system, _entry_key(entry, fingerprint))
         existing: list[JSONValue] = list(_identifiers(resource))
         existing.append({"system": identifier[0], "value": identifier[1]})
         resource = dict(resource)
@@ -699,6 +711,16 @@ def _prepared(entry: ParsedEntry, partner: Partner, resolved: Mapping[str, str])
     return _Prepared(
         entry, resource, f"identifier={quote(system, safe=':/')}|{quote(value, safe=':/-.')}"
     )
+
+
+def _entry_key(entry: ParsedEntry, fingerprint: str) -> str:
+    full_url = entry.full_url
+    if full_url:
+        for prefix in ("urn:uuid:", "urn:oid:"):
+            if full_url.startswith(prefix):
+                return full_url[len(prefix) :]
+        return hashlib.sha256(full_url.encode()).hexdigest()
+    return f"{fingerprint[:32]}-{entry.index}"
 
 
 def _identifiers(resource: JSONObject) -> list[JSONValue]:
@@ -711,11 +733,6 @@ def _json_counts(counts: Mapping[str, int]) -> JSONObject:
     for resource_type, count in sorted(counts.items()):
         result[resource_type] = count
     return result
-
-
-def _versioned(result: BundleEntryResult) -> str:
-    reference = result.reference or ""
-    return f"{reference}/_history/{result.version_id}" if result.version_id else reference
 
 
 def _entry_outcome(entry: _Prepared, result: BundleEntryResult) -> JSONObject:
