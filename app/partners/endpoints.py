@@ -315,11 +315,11 @@ async def post_bundle(
         if partner is None:
             raise PartnerRefusal(403, "partner_not_registered")
         partner_known = True
-        service = await _service(request, runtime, registry)
         media_type = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
         if media_type not in _JSON_TYPES:
             raise PartnerRefusal(415, "unsupported_media_type")
         key = _idempotency_key(request)
+        service = await _service(request, runtime, registry)
         rate = await service.count_request(partner)
         headers = _rate_headers(rate)
         if rate.exceeded:
