@@ -371,6 +371,7 @@ async def post_bundle(
         },
         202: {"model": BundleOutcome, "description": "Still running"},
         **{code: _ERRORS[code] for code in (401, 403, 404, 429, 503)},
+        422: {"model": ErrorEnvelope, "description": "The bundle id is not a UUID"},
     },
 )
 async def get_bundle(

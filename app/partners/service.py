@@ -318,6 +318,11 @@ class PartnerService:
             except Exception as error:
                 log.warning("partner_key_not_released", exception_type=type(error).__name__)
             raise
+        if _transient_failures(answer.body):
+            # Entries Medplum refused for now (its quota, a conflict, an outage): the outcome is
+            # not kept, so the same key and body can be sent again; what was written is matched.
+            await repository.release_key(self.pool, partner.client_id, key)
+            return answer
         await repository.complete_key(
             self.pool, partner.client_id, key, answer.status_code, answer.body
         )
@@ -755,6 +760,16 @@ def _entry_outcome(entry: _Prepared, result: BundleEntryResult) -> JSONObject:
         if issue and issue.expression:
             item["path"] = issue.expression[0]
     return item
+
+
+def _transient_failures(outcome: Mapping[str, JSONValue]) -> bool:
+    entries = outcome.get("entries")
+    for item in entries if isinstance(entries, list) else []:
+        if isinstance(item, dict) and item.get("action") == "failed":
+            status = item.get("status")
+            if isinstance(status, int) and (status in (408, 409, 429) or status >= 500):
+                return True
+    return False
 
 
 def _facts_from_outcome(facts: RequestFacts, outcome: Mapping[str, JSONValue]) -> None:

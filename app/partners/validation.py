@@ -142,7 +142,7 @@ class CheckPolicy:
 @cache
 def vital_sign_units() -> dict[str, frozenset[str]]:
     """LOINC code -> UCUM codes the FHIR vital-sign profiles allow (extracted from Medplum's
-    definitions by ``devtools/vital_sign_units.py``)."""
+    definitions by the development tools; a unit test checks it against them)."""
     data = resources.files("app.partners").joinpath("vital_sign_units.json").read_bytes()
     parsed: dict[str, list[str]] = orjson.loads(data)
     return {code: frozenset(units) for code, units in parsed.items()}
