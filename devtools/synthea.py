@@ -1258,13 +1258,25 @@ class _Loader:
             report.elapsed_seconds = time.monotonic() - started
             return report
         await self.resolve_conditional(remaining, name)
+        # The partner API refuses a partner's Provenance (the service records its own, naming
+        # the partner): through it, Synthea's are left out.
+        own_provenance = (
+            {i for i, e in enumerate(all_entries) if _resource_type(e) == "Provenance"}
+            if self.writer is not None
+            else set[int]()
+        )
+        if own_provenance:
+            self.progress(
+                f"{position} {name}: {len(own_provenance)} Provenance left out (the partner API "
+                "records its own)"
+            )
         try:
             chunks = split_bundle(
                 bundle,
                 resolved=self.resolved,
                 max_bytes=self.max_chunk_bytes,
                 max_points=self.max_chunk_points,
-                exclude=done.keys(),
+                exclude={*done.keys(), *own_provenance},
                 all_conditional=self.writer is not None,
             )
         except BundleSplitError as error:

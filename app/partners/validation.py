@@ -14,11 +14,12 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
-from typing import Literal
+from typing import Literal, Protocol, cast
 
 import orjson
+import ucumvert  # pyright: ignore[reportMissingTypeStubs]
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
@@ -32,7 +33,6 @@ from app.fhir.resource_json import (
     get_objects,
     get_str,
 )
-from app.fhir.units import InvalidUnitError, convert
 from app.partners.registry import NEVER_WRITABLE, Interaction, Partner
 
 type Severity = Literal["forbidden", "invalid"]
@@ -137,6 +137,28 @@ class CheckPolicy:
 
     clinician_role_codes: frozenset[tuple[str, str]]
     future_tolerance: timedelta = timedelta(minutes=5)
+
+
+class _UcumGrammar(Protocol):
+    def get_ucum_parser(self) -> object: ...
+    def parse_ucum(self, ucum_code: str, parser: object, /) -> object: ...
+
+
+@cache
+def _ucum_parser() -> object:
+    return cast("_UcumGrammar", ucumvert).get_ucum_parser()
+
+
+@lru_cache(maxsize=1024)
+def ucum_valid(code: str) -> bool:
+    """Whether ``code`` is a valid UCUM expression, by UCUM's grammar and atom tables (ucumvert's
+    parser). Validity, not convertibility: ``[pH]`` and an annotation alone (``{score}``, which
+    UCUM reads as 1) are valid though no unit library converts them."""
+    try:
+        cast("_UcumGrammar", ucumvert).parse_ucum(code, _ucum_parser())
+    except Exception:  # ucumvert raises its own error, or lark's, for anything not UCUM
+        return False
+    return True
 
 
 @cache
@@ -370,9 +392,7 @@ def _quantity_problems(
         return [(f"{path}.code", "unit_missing")] if allowed is not None else []
     if system != UCUM:
         return [(f"{path}.system", "unit_system_not_ucum")] if allowed is not None else []
-    try:
-        convert(1.0, code, code)
-    except InvalidUnitError:
+    if not ucum_valid(code):
         return [(f"{path}.code", "unit_invalid")]
     if allowed is not None and code not in allowed:
         return [(f"{path}.code", "unit_wrong_for_code")]

@@ -17,6 +17,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
 
 from app.integrations.medplum.tokens import AccessTokenVerifier
 from app.main import create_app
@@ -35,7 +36,7 @@ PUBLIC_PEM = PRIVATE.public_key().public_bytes(
 
 @pytest.fixture(scope="module")
 def jwks_url() -> Iterator[str]:
-    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(PRIVATE.public_key()))
+    jwk = json.loads(ECAlgorithm.to_jwk(PRIVATE.public_key()))
     body = json.dumps({"keys": [{**jwk, "kid": KID, "alg": "ES256", "use": "sig"}]}).encode()
 
     class KeySet(BaseHTTPRequestHandler):
@@ -77,7 +78,7 @@ def es256(payload: dict[str, object], key: ec.EllipticCurvePrivateKey = PRIVATE)
 
 
 def unsigned(payload: dict[str, object]) -> str:
-    return jwt.encode(payload, key=None, algorithm="none", headers={"kid": KID})
+    return jwt.encode(payload, key="", algorithm="none", headers={"kid": KID})
 
 
 def hs256_with_public_key(payload: dict[str, object]) -> str:

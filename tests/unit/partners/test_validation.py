@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,9 +33,13 @@ PARTNER = Partner.model_validate(
 )
 
 
+def _json(value: object) -> Any:
+    return value
+
+
 def weight(
     unit: str = "kg", system: str = "http://unitsofmeasure.org", **extra: object
-) -> dict[str, object]:
+) -> dict[str, Any]:
     return {
         "fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000002",
         "resource": {
@@ -50,7 +55,7 @@ def weight(
     }
 
 
-PATIENT = {
+PATIENT: dict[str, Any] = {
     "fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000001",
     "resource": {"resourceType": "Patient", "birthDate": "1970-01-01"},
     "request": {"method": "POST", "url": "Patient"},
@@ -58,10 +63,10 @@ PATIENT = {
 
 
 def check(
-    *entries: dict[str, object], bundle_type: str = "batch"
+    *entries: Any, bundle_type: str = "batch"
 ) -> list[tuple[int, str, str, str]]:
     result = check_bundle(
-        {"resourceType": "Bundle", "type": bundle_type, "entry": list(entries)},
+        _json({"resourceType": "Bundle", "type": bundle_type, "entry": list(entries)}),
         PARTNER,
         POLICY,
         now=NOW,
@@ -71,7 +76,7 @@ def check(
 
 def test_a_valid_bundle_has_no_problems_and_counts_its_types() -> None:
     result = check_bundle(
-        {"resourceType": "Bundle", "type": "transaction", "entry": [PATIENT, weight()]},
+        _json({"resourceType": "Bundle", "type": "transaction", "entry": [PATIENT, weight()]}),
         PARTNER,
         POLICY,
         now=NOW,
@@ -167,7 +172,7 @@ def test_bundle_level_problems() -> None:
     # Medplum's cap: a transaction with a conditional entry holds at most eight entries.
     big = Partner.model_validate({**PARTNER.model_dump(), "limits": {"max_entries": 20}})
     result = check_bundle(
-        {"resourceType": "Bundle", "type": "transaction", "entry": many * 2},
+        _json({"resourceType": "Bundle", "type": "transaction", "entry": many * 2}),
         big,
         POLICY,
         now=NOW,
@@ -206,3 +211,22 @@ def test_the_vital_sign_units_are_medplums_definitions() -> None:
     committed = {code: sorted(units) for code, units in vital_sign_units().items()}
     assert committed == extractor.extract()
     assert committed["8480-6"] == ["mm[Hg]"]
+
+
+@pytest.mark.parametrize(
+    ("code", "valid"),
+    [
+        ("[pH]", True),
+        ("{score}", True),
+        ("mL/min/{1.73_m2}", True),
+        ("10*3/uL", True),
+        ("kg/m2", True),
+        ("stone", False),
+        ("kg/m^2", False),
+        ("kilograms", False),
+    ],
+)
+def test_ucum_validity_is_the_grammar_not_convertibility(code: str, valid: bool) -> None:
+    from app.partners.validation import ucum_valid  # noqa: PLC0415
+
+    assert ucum_valid(code) is valid
