@@ -14,11 +14,14 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from psycopg import sql
 
 from app.integrations.medplum import MedplumClient
+from app.observability.tracing import configure_tracing
 from devtools.devserver import SERVICE_CLIENT_ID, SERVICE_CLIENT_SECRET, DevServer
-from tests.conftest import LogCapture
+from tests.conftest import LogCapture, settings_for_tests
 from tests.integration.partner_support import (
     BETA,
     bundle,
@@ -435,9 +438,17 @@ async def test_a_batch_is_split_and_a_dry_run_says_what_would_happen(
     assert [e["action"] for e in dry_again.json()["entries"]] == ["would_match"] * 3
 
 
-async def test_no_posted_value_reaches_logs_or_the_services_tables(
-    api: httpx.AsyncClient, acme: str, logs: LogCapture, module_database: str
+async def test_no_posted_value_reaches_logs_spans_or_the_services_tables(
+    module_devserver: DevServer,
+    module_database: str,
+    registry: Path,
+    acme: str,
+    logs: LogCapture,
 ) -> None:
+    spans = InMemorySpanExporter()
+    configure_tracing(settings_for_tests(), extra_processor=SimpleSpanProcessor(spans))
+    app = partner_app(module_devserver.base_url, module_database, registry)
+    logs.install()
     canary = "Zqxcanary" + uuid.uuid4().hex[:8]
     patient_url = urn()
     good = bundle(
@@ -447,14 +458,20 @@ async def test_no_posted_value_reaches_logs_or_the_services_tables(
         ]
     )
     bad = bundle([patient_entry(urn(), canary, birthDate=f"{canary}")], "batch")
-    answers = [
-        await api.post(URL, json=good, headers=post_headers(acme, uuid.uuid4().hex)),
-        await api.post(URL, json=bad, headers=post_headers(acme, uuid.uuid4().hex)),
-    ]
+    async with running(app) as api:
+        answers = [
+            await api.post(URL, json=good, headers=post_headers(acme, uuid.uuid4().hex)),
+            await api.post(URL, json=bad, headers=post_headers(acme, uuid.uuid4().hex)),
+        ]
 
     assert [a.status_code for a in answers] == [200, 422]
     assert canary not in answers[1].text
     assert canary not in logs.text
+    finished = spans.get_finished_spans()
+    assert any(span.name.startswith("POST /v1/bundles") for span in finished)
+    for span in finished:
+        text = span.name + json.dumps(dict(span.attributes or {}), default=str)
+        assert canary not in text, span.name
     with psycopg.connect(module_database) as conn:
         tables = [
             str(row[0])
