@@ -62,9 +62,7 @@ PATIENT: dict[str, Any] = {
 }
 
 
-def check(
-    *entries: Any, bundle_type: str = "batch"
-) -> list[tuple[int, str, str, str]]:
+def check(*entries: Any, bundle_type: str = "batch") -> list[tuple[int, str, str, str]]:
     result = check_bundle(
         _json({"resourceType": "Bundle", "type": bundle_type, "entry": list(entries)}),
         PARTNER,
