@@ -494,3 +494,61 @@ def logs() -> Iterator[LogCapture]:
     from app.observability.logging import configure_logging  # noqa: PLC0415
 
     configure_logging()
+
+
+async def _fault(devserver: DevServer, **fault: object) -> None:
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(devserver.base_url + "_devserver/fault", json=fault)
+        answer.raise_for_status()
+
+
+async def test_medplum_down_is_503_and_the_same_key_can_be_sent_again(
+    api: httpx.AsyncClient, acme: str, module_devserver: DevServer
+) -> None:
+    body = bundle([patient_entry(urn(), uuid.uuid4().hex)])
+    key = uuid.uuid4().hex
+    # The first bundle request ($validate) goes through; the forwarded write and its retry fail.
+    await _fault(
+        module_devserver, status=503, count=2, skip=1, method="POST", pathPattern="^/fhir/R4/?$"
+    )
+    down = await api.post(URL, json=body, headers=post_headers(acme, key))
+    await _fault(
+        module_devserver, status=501, count=1, skip=1, method="POST", pathPattern="^/fhir/R4/?$"
+    )
+    odd = await api.post(URL, json=body, headers=post_headers(acme, key))
+    again = await api.post(URL, json=body, headers=post_headers(acme, key))
+
+    assert down.status_code == 503, down.text
+    assert down.json()["error_code"] == "dependency_unavailable"
+    assert down.headers["Retry-After"] == "5"
+    assert odd.status_code == 502, odd.text
+    assert odd.json()["error_code"] == "medplum_unexpected_answer"
+    assert again.status_code == 200, again.text
+    assert again.json()["entries"][0]["action"] == "created"
+
+
+async def test_a_refusal_is_audited_in_medplum_and_in_the_database(
+    api: httpx.AsyncClient, acme: str, service: MedplumClient, module_database: str
+) -> None:
+    task = {
+        "fullUrl": urn(),
+        "resource": {"resourceType": "Task", "status": "requested", "intent": "proposal"},
+        "request": {"method": "POST", "url": "Task"},
+    }
+    refused = await api.post(URL, json=bundle([task]), headers=post_headers(acme, uuid.uuid4().hex))
+    assert refused.status_code == 403
+    rows = _rows(
+        module_database,
+        "SELECT bundle_id, status_code, error_code, counts FROM starvit.partner_audit "
+        "WHERE correlation_id = %s",
+        refused.json()["correlation_id"],
+    )
+    assert len(rows) == 1
+    bundle_id, status_code, error_code, counts = rows[0]
+    assert (status_code, error_code) == (403, "entry_forbidden")
+    assert counts == {}  # the refused entry was never parsed into a write
+    audit = await service.search(
+        "AuditEvent", {"_tag": f"urn:starvit:partner-bundle|audit-{bundle_id}"}
+    )
+    assert [_json(event)["outcome"] for event in audit.resources] == ["4"]
+    assert _json(audit.resources[0])["outcomeDesc"] == "entry_forbidden"
