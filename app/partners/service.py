@@ -413,7 +413,13 @@ class PartnerService:
         """Every existing resource a posted entry refers to must be the partner's tenant's:
         read as the partner (Medplum answers 404 outside its project), with ``meta.project``
         compared too (``X-Medplum: extended``)."""
-        references = sorted(check.literal_references)
+        # The target of a PUT Type/id too: a partner updates only what its tenant holds.
+        targets = {
+            entry.url
+            for entry in check.entries
+            if entry.interaction == "update" and "?" not in entry.url
+        }
+        references = sorted(check.literal_references | targets)
         if not references:
             return
         requests = [BundleRequest("GET", reference) for reference in references]
@@ -427,9 +433,15 @@ class PartnerService:
         if len(response.entries) < len(references):
             outside.update(references[len(response.entries) :])
         if outside:
-            _raise_problems(
-                _entry_problems(check, outside, "reference_outside_tenant", "forbidden")
+            problems = _entry_problems(check, outside, "reference_outside_tenant", "forbidden")
+            problems.extend(
+                _problem(
+                    entry, f"{entry.resource_type}.id", "update_target_outside_tenant", "forbidden"
+                )
+                for entry in check.entries
+                if entry.interaction == "update" and entry.url in outside
             )
+            _raise_problems(problems)
 
     async def _validate(self, entries: Sequence[_Prepared]) -> None:
         """Medplum's own ``$validate`` on every resource as it will be sent."""

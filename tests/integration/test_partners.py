@@ -552,3 +552,56 @@ async def test_a_refusal_is_audited_in_medplum_and_in_the_database(
     )
     assert [_json(event)["outcome"] for event in audit.resources] == ["4"]
     assert _json(audit.resources[0])["outcomeDesc"] == "entry_forbidden"
+
+
+async def test_updates_and_conditional_references_stay_inside_the_tenant(
+    api: httpx.AsyncClient, acme: str, service: MedplumClient
+) -> None:
+    marker = uuid.uuid4().hex
+    created = await api.post(
+        URL,
+        json=bundle([patient_entry(urn(), marker)]),
+        headers=post_headers(acme, uuid.uuid4().hex),
+    )
+    patient = created.json()["entries"][0]["reference"]
+    by_identifier = f"Patient?identifier=urn:test:partner-mrn|{marker}"
+    update = {
+        "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+        "resource": {
+            "resourceType": "Patient",
+            "id": patient.split("/")[1],
+            "identifier": [{"system": "urn:test:partner-mrn", "value": marker}],
+            "gender": "male",
+        },
+        "request": {"method": "PUT", "url": patient},
+    }
+    other_tenant = {
+        "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+        "resource": {"resourceType": "Patient", "id": "beta-patient", "gender": "male"},
+        "request": {"method": "PUT", "url": "Patient/beta-patient"},
+    }
+
+    updated = await api.post(
+        URL,
+        json=bundle([update, weight_entry(urn(), by_identifier)]),
+        headers=post_headers(acme, uuid.uuid4().hex),
+    )
+    refused = await api.post(
+        URL, json=bundle([other_tenant]), headers=post_headers(acme, uuid.uuid4().hex)
+    )
+
+    assert updated.status_code == 200, updated.text
+    assert [e["action"] for e in updated.json()["entries"]] == ["updated", "created"]
+    observation = updated.json()["entries"][1]["reference"].split("/")[1]
+    written = await service.read("Observation", observation)
+    # The conditional reference was resolved, within the tenant, to the one matching patient.
+    assert _json(written.resource)["subject"]["reference"] == patient
+    assert refused.status_code == 403
+    assert refused.json()["details"]["entries"] == [
+        {
+            "index": 0,
+            "fullUrl": other_tenant["fullUrl"],
+            "path": "Patient.id",
+            "code": "update_target_outside_tenant",
+        }
+    ]
