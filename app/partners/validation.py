@@ -2,6 +2,11 @@
 and the clock (pure: no I/O). What needs Medplum (references to existing resources, Medplum's
 own ``$validate``) is done by the service with the partner's token.
 
+FHIR R4 structure is checked with the ``fhir.resources`` R4B models (the library has no R4
+package): for the types partners post they accept what R4 accepts (every resource of the shipped
+Synthea R4 data passes) and refuse unknown elements and wrong types. They do not check required
+bindings (``status: "bogus"`` passes), so Medplum's ``$validate`` runs on every entry after them.
+
 Every problem names its entry (index, the partner's ``fullUrl``), the element path and a stable
 code; never a value from the resource. A problem is either *forbidden* (403: the partner may not
 do this, whatever the data) or *invalid* (422: the data is wrong).

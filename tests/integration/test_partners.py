@@ -132,7 +132,7 @@ async def test_a_transaction_is_written_as_the_partner_with_provenance_and_audit
 
 
 async def test_a_replay_answers_the_same_outcome_and_writes_nothing(
-    api: httpx.AsyncClient, acme: str, service: MedplumClient
+    api: httpx.AsyncClient, acme: str, service: MedplumClient, module_devserver: DevServer
 ) -> None:
     marker = uuid.uuid4().hex
     patient_url = urn()
@@ -151,6 +151,9 @@ async def test_a_replay_answers_the_same_outcome_and_writes_nothing(
     assert again.headers["Idempotent-Replayed"] == "true"
     assert fetched.status_code == 200
     assert fetched.json() == first.json()
+    beta = await client_token(module_devserver.base_url, BETA)
+    not_theirs = await api.get(f"{URL}/{first.json()['id']}", headers=post_headers(beta))
+    assert not_theirs.status_code == 404
     patients = await service.search("Patient", {"identifier": f"urn:test:partner-mrn|{marker}"})
     assert len(patients.resources) == 1
     assert other_body.status_code == 422
