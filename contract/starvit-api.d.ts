@@ -365,6 +365,8 @@ export interface operations {
             /** @description Outcome per entry */
             200: {
                 headers: {
+                    /** @description true when this is the stored outcome of an earlier request with the same Idempotency-Key and body */
+                    "Idempotent-Replayed"?: "true";
                     /** @description IETF RateLimit: "partner";r=<remaining>;t=<seconds to reset> */
                     RateLimit?: string;
                     /** @description IETF RateLimit-Policy: "partner";q=<requests>;w=60 */

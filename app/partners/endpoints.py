@@ -279,7 +279,18 @@ async def _audit_service(request: Request, runtime: Runtime) -> PartnerService |
     response_model=BundleOutcome,
     summary="Post a FHIR batch or transaction bundle as an integration partner",
     responses={
-        200: {"model": BundleOutcome, "description": "Outcome per entry", "headers": _RATE_HEADERS},
+        200: {
+            "model": BundleOutcome,
+            "description": "Outcome per entry",
+            "headers": {
+                **_RATE_HEADERS,
+                "Idempotent-Replayed": {
+                    "description": "true when this is the stored outcome of an earlier request "
+                    "with the same Idempotency-Key and body",
+                    "schema": {"type": "string", "enum": ["true"]},
+                },
+            },
+        },
         **_ERRORS,
     },
     openapi_extra={
