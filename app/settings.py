@@ -165,6 +165,13 @@ class Settings(BaseSettings):
     # Every Medplum call is abandoned after this many seconds, whatever the socket does (a lost
     # answer costs this, not a stall); the client's retries then apply to safe calls.
     medplum_request_deadline: float = Field(default=20.0, gt=0, le=300)
+    # --- Partner bundle API (POST /v1/bundles) ---
+    # The partner registry (JSON; docs/PARTNERS.md): client id -> tenant, resource types and
+    # interactions, limits. Unset: no partner is registered and every partner request is refused.
+    partner_registry: Path | None = None
+    # How far in the future a clinical time (effective, issued, recorded...) may lie: clocks of
+    # devices and laboratories drift.
+    partner_future_tolerance_minutes: int = Field(default=5, ge=0, le=1440)
 
     # --- Observability ---
     otel_exporter: Literal["none", "otlp", "console"] = "none"

@@ -38,6 +38,40 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/bundles": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Post a FHIR batch or transaction bundle as an integration partner */
+        post: operations["post_bundle_v1_bundles_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/bundles/{bundle_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The outcome of an accepted bundle request (kept 24 hours) */
+        get: operations["get_bundle_v1_bundles__bundle_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/medplum/notifications": {
         parameters: {
             query?: never;
@@ -59,6 +93,73 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** BundleEntryOutcome */
+        BundleEntryOutcome: {
+            /**
+             * Action
+             * @description created: a new resource; matched: a resource with the entry's identifier already existed (nothing written); updated: a PUT applied; failed: Medplum refused this entry of a batch; would_create / would_match / would_update / ambiguous: what a dry run found (ambiguous: several resources carry the identifier, the create would fail).
+             * @enum {string}
+             */
+            action: "created" | "matched" | "updated" | "failed" | "would_create" | "would_match" | "would_update" | "ambiguous";
+            /**
+             * Error Code
+             * @description Why the entry failed.
+             */
+            error_code?: string | null;
+            /**
+             * Index
+             * @description The entry's position in the posted bundle (from 0).
+             */
+            index: number;
+            /**
+             * Path
+             * @description The element Medplum objected to.
+             */
+            path?: string | null;
+            /**
+             * Reference
+             * @description Type/id of the resource.
+             */
+            reference?: string | null;
+            /** Resource Type */
+            resource_type: string;
+            /**
+             * Status
+             * @description Medplum's status for the entry.
+             */
+            status?: number | null;
+        };
+        /** BundleOutcome */
+        BundleOutcome: {
+            /** Bundle Type */
+            bundle_type?: ("batch" | "transaction") | null;
+            /**
+             * Counts
+             * @description Entries by resource type.
+             */
+            counts?: {
+                [key: string]: number;
+            };
+            /**
+             * Dry Run
+             * @default false
+             */
+            dry_run: boolean;
+            /** Entries */
+            entries: components["schemas"]["BundleEntryOutcome"][];
+            /**
+             * Id
+             * Format: uuid
+             * @description The request's bundle id (GET /v1/bundles/{id}).
+             */
+            id: string;
+            /**
+             * Status
+             * @description completed: every entry written or matched; partial: some entries of a batch failed (see entries); dry_run: nothing written; running: not finished yet.
+             * @enum {string}
+             */
+            status: "completed" | "partial" | "dry_run" | "running";
+        };
         /** DependencyCheck */
         DependencyCheck: {
             /** Error Code */
@@ -203,6 +304,283 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Readiness"];
+                };
+            };
+        };
+    };
+    post_bundle_v1_bundles_post: {
+        parameters: {
+            query?: {
+                /** @description Check everything and say what each entry would do; write nothing. */
+                dry_run?: boolean;
+            };
+            header: {
+                /** @description Unique per request (IETF httpapi Idempotency-Key): the same key and body replays the stored outcome for 24 hours; another body with the key is 422; the key while its first request runs is 409. */
+                "Idempotency-Key": string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/fhir+json": {
+                    entry: {
+                        fullUrl?: string;
+                        request: {
+                            ifNoneExist?: string;
+                            /** @enum {string} */
+                            method: "POST" | "PUT";
+                            url: string;
+                        };
+                        resource: {
+                            resourceType: string;
+                        };
+                    }[];
+                    /** @enum {string} */
+                    resourceType: "Bundle";
+                    /** @enum {string} */
+                    type: "batch" | "transaction";
+                };
+                "application/json": {
+                    entry: {
+                        fullUrl?: string;
+                        request: {
+                            ifNoneExist?: string;
+                            /** @enum {string} */
+                            method: "POST" | "PUT";
+                            url: string;
+                        };
+                        resource: {
+                            resourceType: string;
+                        };
+                    }[];
+                    /** @enum {string} */
+                    resourceType: "Bundle";
+                    /** @enum {string} */
+                    type: "batch" | "transaction";
+                };
+            };
+        };
+        responses: {
+            /** @description Outcome per entry */
+            200: {
+                headers: {
+                    /** @description true when this is the stored outcome of an earlier request with the same Idempotency-Key and body */
+                    "Idempotent-Replayed"?: "true";
+                    /** @description IETF RateLimit: "partner";r=<remaining>;t=<seconds to reset> */
+                    RateLimit?: string;
+                    /** @description IETF RateLimit-Policy: "partner";q=<requests>;w=60 */
+                    "RateLimit-Policy"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BundleOutcome"];
+                };
+            };
+            /** @description Idempotency-Key missing or invalid; body not JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description No token, or a token that does not verify (details.reason) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not a registered partner, or entries it may not write (details.entries) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description No such bundle for this partner */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A request with this Idempotency-Key is still running */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Body over the partner's size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not application/fhir+json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not a batch/transaction bundle, invalid entries (details.entries: index, fullUrl, path, code), or the Idempotency-Key reused for another body */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Rate or concurrency limit; Retry-After says when */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Medplum answered unexpectedly */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Medplum or the database unavailable; Retry-After when known */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    get_bundle_v1_bundles__bundle_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                bundle_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The stored outcome */
+            200: {
+                headers: {
+                    /** @description IETF RateLimit: "partner";r=<remaining>;t=<seconds to reset> */
+                    RateLimit?: string;
+                    /** @description IETF RateLimit-Policy: "partner";q=<requests>;w=60 */
+                    "RateLimit-Policy"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BundleOutcome"];
+                };
+            };
+            /** @description Still running */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BundleOutcome"];
+                };
+            };
+            /** @description No token, or a token that does not verify (details.reason) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not a registered partner, or entries it may not write (details.entries) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description No such bundle for this partner */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description The bundle id is not a UUID */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Rate or concurrency limit; Retry-After says when */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Medplum or the database unavailable; Retry-After when known */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
         };

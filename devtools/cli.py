@@ -113,6 +113,13 @@ def load_synthea(
     restart: Annotated[
         bool, typer.Option(help="Start the checkpoint afresh (post everything again).")
     ] = False,
+    service_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Post through the service's partner API at this URL (POST /v1/bundles, as "
+            "make demo does) instead of straight to Medplum."
+        ),
+    ] = None,
 ) -> None:
     """Post the Synthea bundles to Medplum as the integration partner would: chunked within
     Medplum's limits and FHIR quota, paced by its RateLimit header, resumable. Progress goes
@@ -142,6 +149,7 @@ def load_synthea(
                 if not no_checkpoint
                 else None,
                 restart_checkpoint=restart,
+                service_url=service_url,
             )
         return 0
 

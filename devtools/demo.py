@@ -3,7 +3,8 @@ embedded default.
 
 Starts the Medplum stand-in, the embedded PostgreSQL (a fresh ``starvit_demo`` database), the
 receiver (Gunicorn + Uvicorn) and a worker; syncs the Subscriptions; posts the Synthea
-patients as the integration partner would; shows the pending Tasks as a clinician sees them;
+patients as the integration partner, through the service's partner API (``POST /v1/bundles``,
+with the stand-in's partner registry ``devserver/partners.json``); shows the pending Tasks as a clinician sees them;
 approves one and rejects one as a signed-in clinician; shows the resulting records and the
 Provenance chain; and stops everything it started.
 """
@@ -25,10 +26,12 @@ from app.subscriptions.service import sync_subscriptions
 from app.wiring import medplum_client
 from devtools import clinician, synthea
 from devtools.databases import create_database
-from devtools.devserver import DevServer
+from devtools.devserver import DEVSERVER_DIR, DevServer
 from devtools.stack import Stack
 
 DEMO_DATABASE = "starvit_demo"
+# The stand-in's partners (partner-acme is the demo's Synthea partner).
+PARTNER_REGISTRY = DEVSERVER_DIR / "partners.json"
 
 
 @dataclass
@@ -97,7 +100,9 @@ async def _sync(settings: Settings, say: Printer) -> None:
             say(f"  {result.handler:<15} {result.action:<10} Subscription/{result.subscription_id}")
 
 
-async def _load(base_url: str, patients: int | None, say: Printer) -> synthea.LoadSummary:
+async def _load(
+    base_url: str, patients: int | None, say: Printer, service_url: str
+) -> synthea.LoadSummary:
     async with MedplumClient(synthea.partner_config(base_url)) as partner:
         # Synthea's blood pressures declare the core bp profile, which Medplum's validator
         # finds they do not satisfy; the demo wants their data, not the declaration.
@@ -106,6 +111,8 @@ async def _load(base_url: str, patients: int | None, say: Printer) -> synthea.Lo
             patients=patients,
             drop_unsatisfied_profiles=True,
             progress=lambda m: say("  " + m),
+            # Through the service's partner API, as every partner's writes must go.
+            service_url=service_url,
         )
 
 
@@ -130,7 +137,11 @@ async def run_demo(
     database_url = await asyncio.to_thread(create_database, server.url, DEMO_DATABASE, replace=True)
     with DevServer.start() as devserver:
         say(f"Medplum stand-in at {devserver.base_url}")
-        stack = Stack(devserver.base_url, database_url)
+        stack = Stack(
+            devserver.base_url,
+            database_url,
+            extra_env={"STARVIT_PARTNER_REGISTRY": str(PARTNER_REGISTRY)},
+        )
         try:
             stack.start_receiver()
             say(f"receiver at {stack.receiver_url}")
@@ -146,8 +157,10 @@ async def run_demo(
             say.section("Syncing Subscriptions (one per bot, plus clinician review)")
             await _sync(service_settings, say)
 
-            say.section("Posting Synthea patients as the integration partner")
-            summary = await _load(devserver.base_url, patients, say)
+            say.section(
+                "Posting Synthea patients as the integration partner, through POST /v1/bundles"
+            )
+            summary = await _load(devserver.base_url, patients, say, stack.receiver_base)
             say(
                 f"loaded {len(summary.patient_ids)} patients, {summary.created} resources "
                 f"in {summary.elapsed_seconds:.1f}s"

@@ -105,6 +105,7 @@ from app.integrations.medplum import (
 from app.integrations.medplum.responses import RateLimitStatus
 from app.integrations.medplum.results import MAX_TRANSACTION_UPDATES
 from devtools.devserver import PARTNER_CLIENT_ID, PARTNER_CLIENT_SECRET
+from devtools.partner_api import PartnerApiWriter
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENV_DIR = "STARVIT_SYNTHEA_DIR"
@@ -405,6 +406,7 @@ def split_bundle(
     max_conditional_entries: int = MAX_CONDITIONAL_TRANSACTION_ENTRIES,
     max_updates: int = MAX_TRANSACTION_UPDATES,
     exclude: Collection[int] = (),
+    all_conditional: bool = False,
 ) -> list[Chunk]:
     """Split a transaction or batch Bundle into chunks Medplum accepts.
 
@@ -418,7 +420,8 @@ def split_bundle(
     ``exclude`` (committed by an earlier run) are left out; positions keep counting the
     original bundle's entries. A ``urn:uuid`` reference that is neither an entry of this
     bundle nor in ``resolved`` is an error, as is an entry (or reference cycle) that cannot fit
-    a chunk.
+    a chunk. ``all_conditional``: every entry counts as conditional (the service's partner API
+    forwards every create conditional).
     """
     bundle_type = bundle.get("type")
     if bundle_type not in ("transaction", "batch"):
@@ -501,7 +504,7 @@ def split_bundle(
 
     for group in _dependency_order(deps):
         group_bytes = sum(sizes[p] for p in group) + len(group)  # entries plus commas
-        group_conditional = any(is_conditional_entry(entries[p]) for p in group)
+        group_conditional = all_conditional or any(is_conditional_entry(entries[p]) for p in group)
         group_updates = sum(1 for p in group if _is_update(entries[p]))
         group_points = sum(points[p] for p in group)
         if not fits(
@@ -895,6 +898,8 @@ class _Loader:
     drop_unsatisfied_profiles: bool
     checkpoint: Checkpoint | None
     summary: LoadSummary
+    # Writes through the service's partner API instead of straight to Medplum (make demo).
+    writer: PartnerApiWriter | None = None
     # urn:uuid full URLs and conditional references -> Type/id, across all bundles.
     resolved: dict[str, str] = field(default_factory=dict[str, str])
     # Profiles some entry was found not to satisfy: checked before later chunks are sent.
@@ -1130,10 +1135,11 @@ class _Loader:
             throttled: list[int] = []
             retry: list[int] = []
             try:
+                writer = self.writer or self.medplum
                 if chunk.bundle_type == "transaction":
-                    response = await self.medplum.transaction(body)
+                    response = await writer.transaction(body)
                 else:
-                    response = await self.medplum.batch(body)
+                    response = await writer.batch(body)
             except MedplumRateLimited as error:
                 self.record(posting, {})
                 throttle, throttled = error, pending
@@ -1252,13 +1258,26 @@ class _Loader:
             report.elapsed_seconds = time.monotonic() - started
             return report
         await self.resolve_conditional(remaining, name)
+        # The partner API refuses a partner's Provenance (the service records its own, naming
+        # the partner): through it, Synthea's are left out.
+        own_provenance = (
+            {i for i, e in enumerate(all_entries) if _resource_type(e) == "Provenance"}
+            if self.writer is not None
+            else set[int]()
+        )
+        if own_provenance:
+            self.progress(
+                f"{position} {name}: {len(own_provenance)} Provenance left out (the partner API "
+                "records its own)"
+            )
         try:
             chunks = split_bundle(
                 bundle,
                 resolved=self.resolved,
                 max_bytes=self.max_chunk_bytes,
                 max_points=self.max_chunk_points,
-                exclude=done.keys(),
+                exclude={*done.keys(), *own_provenance},
+                all_conditional=self.writer is not None,
             )
         except BundleSplitError as error:
             raise SyntheaLoadError(f"{name}: {error}", bundle=name) from None
@@ -1335,6 +1354,7 @@ async def load(
     default_rate_limit_wait: float = 60.0,
     sleep: Sleep = asyncio.sleep,
     clock: Callable[[], float] = time.monotonic,
+    service_url: str | None = None,
 ) -> LoadSummary:
     """Post the practitioner and hospital bundles, then the patient bundles (all, the first
     ``patients``, or those named in ``only``), chunk by chunk, in sequence.
@@ -1348,7 +1368,8 @@ async def load(
     recording what was committed (a rerun skips it; ``restart_checkpoint`` starts it afresh).
     ``drop_unsatisfied_profiles``: see the module docs. ``clock`` must be the client's clock
     (``time.monotonic`` unless the client was given another). A failed chunk raises
-    :class:`SyntheaLoadError`.
+    :class:`SyntheaLoadError`. With ``service_url`` the chunks are posted through the
+    service's partner API (``POST /v1/bundles``) with the partner's token, not to Medplum.
     """
     if max_chunk_bytes >= MAX_JSON_BODY_BYTES:
         raise ValueError("max_chunk_bytes must stay below Medplum's 1 MB JSON limit")
@@ -1385,6 +1406,11 @@ async def load(
             drop_unsatisfied_profiles=drop_unsatisfied_profiles,
             checkpoint=opened,
             summary=summary,
+            writer=(
+                PartnerApiWriter(service_url, medplum, say, sleep=sleep)
+                if service_url is not None
+                else None
+            ),
         )
         for number, path in enumerate(files, start=1):
             report = await loader.load_bundle(path, f"[{number}/{len(files)}]")

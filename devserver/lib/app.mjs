@@ -29,6 +29,7 @@ import {
   revokeLogin,
   userinfo,
 } from './auth.mjs';
+import { handleTokenRequest } from './clientassertion.mjs';
 import { loadDefinitions } from './definitions.mjs';
 import { FhirQuota, RateLimits, rateLimitHeader, throttledOutcome } from './ratelimit.mjs';
 import { ConflictSimulator, RequestRepository } from './repo.mjs';
@@ -590,7 +591,7 @@ export function createApp(config) {
     }
     if (path === '/.well-known/smart-configuration' || path === '/fhir/R4/.well-known/smart-configuration') {
       const oc = openidConfiguration(config.baseUrl);
-      return sendJson(res, 200, { ...oc, capabilities: ['client-confidential-symmetric', 'client-public', 'sso-openid-connect', 'permission-v1'] }, rl());
+      return sendJson(res, 200, { ...oc, capabilities: ['client-confidential-symmetric', 'client-confidential-asymmetric', 'client-public', 'sso-openid-connect', 'permission-v1'] }, rl());
     }
     if (path === '/oauth2/token' && method === 'POST') {
       const fault = takeFault('token', method, path);
@@ -613,7 +614,7 @@ export function createApp(config) {
       params.__remoteAddress = req.socket.remoteAddress;
       let out;
       try {
-        out = handleToken(app, params, req.headers.authorization);
+        out = await handleTokenRequest(app, params, req.headers.authorization, handleToken);
       } catch (err) {
         out = { status: 500, json: { error: 'server_error', error_description: String(err?.message ?? err) } };
       }

@@ -809,7 +809,8 @@ export function openidConfiguration(baseUrl) {
     id_token_signing_alg_values_supported: ['ES256'],
     grant_types_supported: ['client_credentials', 'authorization_code'],
     code_challenge_methods_supported: ['S256', 'plain'],
-    token_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post'],
+    token_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
+    token_endpoint_auth_signing_alg_values_supported: ['RS256', 'RS384', 'RS512', 'ES256', 'ES384', 'ES512'],
     scopes_supported: ['openid', 'profile', 'fhirUser', 'offline_access'],
   };
 }
