@@ -35,7 +35,11 @@ from urllib.parse import urlsplit
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from app.integrations.medplum import MedplumError
-from app.integrations.medplum.auth import unverified_claims
+from app.integrations.medplum.tokens import (
+    AccessTokenVerifier,
+    KeySetUnavailable,
+    TokenRejected,
+)
 from app.integrations.medplum.user_sign_in import (
     Membership,
     UserSignIn,
@@ -115,8 +119,15 @@ class FixedWindowLimiter:
 
 
 class OpsAuth:
-    def __init__(self, settings: Settings, secret: str, sign_in: UserSignIn | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        secret: str,
+        verifier: AccessTokenVerifier,
+        sign_in: UserSignIn | None = None,
+    ) -> None:
         self.settings = settings
+        self._verifier = verifier
         self._sessions = URLSafeTimedSerializer(secret, salt="starvit-ops-session")
         self._flows = URLSafeTimedSerializer(secret, salt="starvit-ops-sign-in")
         self._sign_in = sign_in or UserSignIn(
@@ -182,27 +193,33 @@ class OpsAuth:
         return session, str(flow.get("n") or "/ops/")  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
 
     async def _session_for(self, token: str, *, via: Literal["cookie", "bearer"]) -> OpsSession:
-        # The token's signature, issuer and expiry are Medplum's to check: /auth/me answers 401
-        # to anything it did not issue or that has expired or been revoked.
-        claims = unverified_claims(token)
-        if claims.get("aud") != self.settings.ops_client_id:
-            raise SignInRefused("wrong_audience", 401)
+        # Verified here (signature against Medplum's keys, issuer, lifetime, and an audience
+        # of the ops app only), then Medplum says who the user is (and whether the Login
+        # still stands: /auth/me answers 401 to a revoked one).
+        try:
+            verified = await self._verifier.verify(token, audiences=(self.settings.ops_client_id,))
+        except KeySetUnavailable:
+            raise SignInRefused("medplum_unavailable", 503) from None
+        except TokenRejected as rejected:
+            reason: Refusal = (
+                "wrong_audience" if rejected.code == "token_audience" else "not_signed_in"
+            )
+            raise SignInRefused(reason, 401) from None
         try:
             membership = await self._sign_in.me(token)
         except MedplumError as error:
             raise _refusal(error) from None
-        if not is_ops(membership, self.settings):
+        if not is_ops(membership, self.settings) or membership.profile != verified.profile:
             log.warning(
                 "ops_sign_in_refused", profile_type=(membership.profile or "?").split("/")[0]
             )
             raise SignInRefused("not_ops", 403)
-        exp = claims.get("exp")
-        expires = float(exp) if isinstance(exp, int | float) else time.time() + 3600
-        expires = min(expires, time.time() + self.settings.ops_session_hours * 3600)
-        login = claims.get("login_id")
+        expires = min(
+            float(verified.expires_at), time.time() + self.settings.ops_session_hours * 3600
+        )
         return OpsSession(
-            profile=membership.profile or "?",
-            login_id=login if isinstance(login, str) else None,
+            profile=verified.profile,
+            login_id=verified.login_id,
             csrf=secrets.token_urlsafe(24),
             access_token=token,
             expires_at=expires,

@@ -47,7 +47,7 @@ def ops_auth(request: Request) -> OpsAuth:
         raise ApiError(
             503, ErrorCode.DEPENDENCY_UNAVAILABLE, details={"reason": "ops_sign_in_not_configured"}
         )
-    auth = OpsAuth(runtime.settings, secret.get_secret_value())
+    auth = OpsAuth(runtime.settings, secret.get_secret_value(), runtime.access_tokens())
     runtime.dependencies.append(auth)
     state.ops_auth = auth
     return auth
