@@ -114,7 +114,13 @@ def render(
     return HTMLResponse(
         html,
         status_code=status_code,
-        headers={"Content-Security-Policy": _csp(request), "Cache-Control": "no-store"},
+        headers={
+            "Content-Security-Policy": _csp(request),
+            "Cache-Control": "no-store",
+            # The receiver's default is no-referrer, with which a browser sends "Origin: null"
+            # on form posts; same-origin lets the action forms prove where they come from.
+            "Referrer-Policy": "same-origin",
+        },
     )
 
 
