@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from app.api.errors import ERROR_RESPONSES, ApiError, ErrorCode
 from app.ops import queries
 from app.ops.auth import SignInRefused
-from app.ops.dependencies import OpsServiceDep, current_session, ops_auth
+from app.ops.dependencies import current_session, ops_auth, ops_service
 from app.ops.service import OpsService
 
 router = APIRouter(tags=["ops"])
@@ -153,9 +153,9 @@ async def _authorised(request: Request) -> bool:
         503: ERROR_RESPONSES[503],
     },
 )
-async def metrics(request: Request, service: OpsServiceDep) -> Response:
+async def metrics(request: Request) -> Response:
     if not await _authorised(request):
         raise ApiError(401, ErrorCode.UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(await families(service)))
+    registry.register(_Snapshot(await families(ops_service(request))))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -30,7 +30,7 @@ from app.ops.auth import (
     same_origin,
 )
 from app.ops.charts import Series, line_chart
-from app.ops.dependencies import OpsAuthDep, OpsServiceDep, current_session, request_base
+from app.ops.dependencies import OpsAuthDep, current_session, ops_service, request_base
 from app.ops.schemas import (
     ActionResult,
     MinutePointModel,
@@ -322,12 +322,12 @@ async def signed_out(request: Request) -> Response:
 async def dashboard(
     request: Request,
     auth: OpsAuthDep,
-    service: OpsServiceDep,
     done: Annotated[int | None, Query(ge=1)] = None,
 ) -> Response:
     session = await _page_session(request, auth)
     if session is None:
         return _to_login(request)
+    service = ops_service(request)
     panels = await _panels(service)
     recent = await service.actions(10)
     notice = next((a for a in recent if a.action_id == done), None) if done else None
@@ -335,10 +335,11 @@ async def dashboard(
 
 
 @router.get("/panels")
-async def panels(request: Request, auth: OpsAuthDep, service: OpsServiceDep) -> Response:
+async def panels(request: Request, auth: OpsAuthDep) -> Response:
     session = await _page_session(request, auth)
     if session is None:
         return Response(status_code=401)
+    service = ops_service(request)
     return render(request, "_panels.html", session=session, **await _panels(service))
 
 
@@ -346,7 +347,6 @@ async def panels(request: Request, auth: OpsAuthDep, service: OpsServiceDep) -> 
 async def gaps(
     request: Request,
     auth: OpsAuthDep,
-    service: OpsServiceDep,
     *,
     start: datetime | None = None,
     end: datetime | None = None,
@@ -355,6 +355,7 @@ async def gaps(
     session = await _page_session(request, auth)
     if session is None:
         return _to_login(request)
+    service = ops_service(request)
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     try:
         window = WindowRequest.model_validate(
@@ -429,11 +430,14 @@ async def _run(service: OpsService, actor: Actor, action: str, model: BaseModel)
 
 @router.get("/confirm/{action}")
 async def confirm(
-    request: Request, action: str, auth: OpsAuthDep, service: OpsServiceDep
+    request: Request,
+    action: str,
+    auth: OpsAuthDep,
 ) -> Response:
     session = await _page_session(request, auth)
     if session is None:
         return _to_login(request)
+    service = ops_service(request)
     if action not in _ACTIONS:
         return render(request, "message.html", 404, title="No such action", message="")
     fields = {k: v[:256] for k, v in request.query_params.items() if k in _FIELDS}
@@ -488,10 +492,11 @@ def _refused_page(request: Request, refused: ActionRefused) -> HTMLResponse:
 
 
 @router.post("/actions/{action}")
-async def act(request: Request, action: str, auth: OpsAuthDep, service: OpsServiceDep) -> Response:
+async def act(request: Request, action: str, auth: OpsAuthDep) -> Response:
     session = await _page_session(request, auth)
     if session is None:
         return _to_login(request)
+    service = ops_service(request)
     if action not in _ACTIONS:
         return render(request, "message.html", 404, title="No such action", message="")
     form = await read_form(request)
