@@ -122,14 +122,18 @@ class OpsAuth:
     def __init__(
         self,
         settings: Settings,
-        secret: str,
+        secret: str | None,
         verifier: AccessTokenVerifier,
         sign_in: UserSignIn | None = None,
     ) -> None:
         self.settings = settings
         self._verifier = verifier
-        self._sessions = URLSafeTimedSerializer(secret, salt="starvit-ops-session")
-        self._flows = URLSafeTimedSerializer(secret, salt="starvit-ops-sign-in")
+        # Without a session secret there are no sessions (the pages' sign-in is off); API
+        # clients with a Medplum token are still served.
+        self.sessions_enabled = bool(secret)
+        key = secret or secrets.token_urlsafe(32)
+        self._sessions = URLSafeTimedSerializer(key, salt="starvit-ops-session")
+        self._flows = URLSafeTimedSerializer(key, salt="starvit-ops-sign-in")
         self._sign_in = sign_in or UserSignIn(
             settings.medplum_base_url, allowed_hosts=tuple(settings.medplum_allowed_hosts)
         )
@@ -263,7 +267,7 @@ class OpsAuth:
         )
 
     def load_session(self, cookie: str | None) -> OpsSession | None:
-        if not cookie:
+        if not cookie or not self.sessions_enabled:
             return None
         try:
             data = self._sessions.loads(cookie, max_age=self.settings.ops_session_hours * 3600)

@@ -43,11 +43,11 @@ def ops_auth(request: Request) -> OpsAuth:
         return auth
     runtime = runtime_of(request)
     secret = runtime.settings.ops_session_secret
-    if secret is None or not secret.get_secret_value():
-        raise ApiError(
-            503, ErrorCode.DEPENDENCY_UNAVAILABLE, details={"reason": "ops_sign_in_not_configured"}
-        )
-    auth = OpsAuth(runtime.settings, secret.get_secret_value(), runtime.access_tokens())
+    auth = OpsAuth(
+        runtime.settings,
+        secret.get_secret_value() if secret is not None else None,
+        runtime.access_tokens(),
+    )
     runtime.dependencies.append(auth)
     state.ops_auth = auth
     return auth

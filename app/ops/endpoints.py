@@ -35,7 +35,7 @@ from app.ops.service import ActionRefused, Actor
 router = APIRouter(prefix="/ops", tags=["ops"])
 
 _READ_ERRORS: dict[int | str, dict[str, object]] = {
-    code: ERROR_RESPONSES[code] for code in (401, 422, 503)
+    code: ERROR_RESPONSES[code] for code in (400, 401, 422, 503)
 }
 _FORBIDDEN: dict[str, object] = {"model": ErrorEnvelope, "description": "Not an ops user; CSRF"}
 _ACTION_ERRORS: dict[int | str, dict[str, object]] = {

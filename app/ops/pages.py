@@ -198,6 +198,14 @@ async def static(name: str) -> Response:
 
 @router.get("/login")
 async def login(request: Request, auth: OpsAuthDep, next: str | None = None) -> Response:
+    if not auth.sessions_enabled:
+        return render(
+            request,
+            "message.html",
+            503,
+            title="Sign-in is off",
+            message="The dashboard's sign-in is not configured (STARVIT_OPS_SESSION_SECRET).",
+        )
     client = request.client.host if request.client else "unknown"
     if not auth.limiter.allow(client):
         return render(
