@@ -68,7 +68,7 @@ devserver: devserver/node_modules/.package-lock.json
 demo: setup
 	$(BIN)/python -m devtools demo
 
-bench: setup
+bench: setup chromium
 	$(BIN)/python -m benchmarks.run
 
 openapi: setup

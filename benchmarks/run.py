@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import e2e, receiver, report
+from benchmarks import e2e, receiver, report, screenshots
 from benchmarks.servers import Postgres, machine
 
 
@@ -113,6 +113,7 @@ def run(plan: Plan, *, quick: bool) -> dict[str, Any]:
             scale.append(e2e.run(pg, scenario))
             _progress(f"scale-out, {scenario.worker_processes} worker process(es)", step)
         results["scale"] = scale
+        results["ops_screenshots"] = screenshots.run(pg, quick=quick)
     finally:
         pg.stop()
     results["duration_s"] = time.monotonic() - started
