@@ -307,3 +307,66 @@ async def test_actions_validate_their_input(
             "/v1/ops/actions/replay-dead-letter", json={"event_id": 987654321}, headers=headers
         )
         assert missing.status_code == 404
+
+
+async def test_replaying_a_window_replays_every_failed_event_in_it(
+    pipeline: Pipeline, ops_cookies: dict[str, str]
+) -> None:
+    event_id, weight_id = await _dead_letter(pipeline)
+    failed = {e[0] for e in pipeline.events() if e[3] == weight_id and e[5] == "failed"}
+    assert event_id in failed
+    assert len(failed) == 2  # the weight notifies bmi and obesity
+    now = datetime.now(UTC)
+    window = {
+        "start": (now - timedelta(minutes=5)).isoformat(),
+        "end": (now + timedelta(minutes=1)).isoformat(),
+    }
+    async with api(pipeline, cookies=ops_cookies) as http:
+        csrf = (await http.get("/v1/ops/me")).json()["csrf_token"]
+        headers = {"X-CSRF-Token": csrf}
+        preview = await http.post("/v1/ops/actions/replay-window", json=window, headers=headers)
+        assert preview.json()["affected"] >= 2
+        done = await http.post(
+            "/v1/ops/actions/replay-window", json={**window, "confirm": True}, headers=headers
+        )
+        assert done.json()["status"] == "done"
+        assert done.json()["affected"] >= 2
+        await pipeline.settled(within=60)
+        dead = (await http.get("/v1/ops/dead-letters")).json()["items"]
+    assert not failed & {d["event_id"] for d in dead}
+    assert all(e[5] == "processed" for e in pipeline.events() if e[0] in failed)
+
+
+async def test_resend_asks_medplum_as_the_ops_user_and_is_not_counted_as_health(
+    pipeline: Pipeline, ops_cookies: dict[str, str]
+) -> None:
+    patient = await pipeline.new_patient()
+    height = (
+        await pipeline.partner.create(
+            observation(patient, "8302-2", 170, "cm", "2025-01-10T09:00:00Z")
+        )
+    ).resource
+    await pipeline.settled()
+    before = (await pipeline.stats())["notifications"]
+    async with api(pipeline, cookies=ops_cookies) as http:
+        csrf = (await http.get("/v1/ops/me")).json()["csrf_token"]
+        body = {"handler": "bmi", "reference": f"Observation/{height['id']}", "confirm": True}
+        done = await http.post("/v1/ops/actions/resend", json=body, headers={"X-CSRF-Token": csrf})
+        assert done.status_code == 200, done.text
+        assert done.json()["status"] == "done"
+        await pipeline.settled()
+        after = (await pipeline.stats())["notifications"]
+        assert after != before  # Medplum delivered again
+        actions = (await http.get("/v1/ops/actions")).json()["items"]
+
+        async def bmi() -> Json:
+            overview = (await http.get("/v1/ops/overview")).json()
+            return next(h for h in overview["handlers"] if h["handler"] == "bmi")
+
+        # The same version again: a duplicate for the receiver, no new event, no delivery.
+        seen = await eventually(bmi, lambda h: h["duplicates_last_hour"] >= 1, within=30)
+    assert actions[0]["action"] == "resend"
+    assert actions[0]["target"] == f"Observation/{height['id']}"
+    assert actions[0]["actor"] == "Practitioner/ops-olivia"
+    assert seen["healthy"] is True
+    assert len([e for e in pipeline.events() if e[3] == height["id"] and e[1] == "bmi"]) == 1
