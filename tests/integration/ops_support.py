@@ -33,7 +33,9 @@ async def register_redirect(admin: MedplumClient, receiver_base: str) -> str:
     ClientApplication's redirect URIs); the URI."""
     redirect = receiver_base.rstrip("/") + "/ops/callback"
     current = (await admin.read("ClientApplication", OPS_CLIENT_ID)).resource
-    uris = [u for u in current.get("redirectUris", []) if u != redirect] + [redirect]
+    listed = current.get("redirectUris")
+    uris = [u for u in listed if u != redirect] if isinstance(listed, list) else []
+    uris.append(redirect)
     await admin.update({**current, "redirectUri": redirect, "redirectUris": uris}, idempotent=True)
     return redirect
 

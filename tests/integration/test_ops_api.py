@@ -247,18 +247,17 @@ async def test_gaps_and_the_sweep_of_a_window(
     await pipeline.admin.update({**subscription, "status": "off"}, idempotent=True)
     start = datetime.now(UTC) - timedelta(minutes=1)
     patient = await pipeline.new_patient()
-    hba1c = (
-        await pipeline.partner.create(
-            observation(patient, "4548-4", 7.1, "%", "2025-03-01T09:00:00Z")
-        )
-    ).resource
+    created = await pipeline.partner.create(
+        observation(patient, "4548-4", 7.1, "%", "2025-03-01T09:00:00Z")
+    )
+    hba1c = created.resource
     await pipeline.settled()
     end = datetime.now(UTC) + timedelta(minutes=1)
     window = {"start": start.isoformat(), "end": end.isoformat(), "handler": "hba1c"}
     async with api(pipeline, cookies=ops_cookies) as http:
         gaps = (await http.get("/v1/ops/gaps", params=window)).json()["gaps"]
         assert [g["handler"] for g in gaps] == ["hba1c"]
-        missing = f"Observation/{hba1c['id']}/_history/{hba1c['meta']['versionId']}"
+        missing = f"Observation/{hba1c['id']}/_history/{created.version_id}"
         assert missing in gaps[0]["missing"]
         csrf = (await http.get("/v1/ops/me")).json()["csrf_token"]
         preview = await http.post(
