@@ -140,6 +140,7 @@ async def test_a_release_0_1_0_database_upgrades_keeping_its_rows(
     assert columns_named(database_url, "bot") == []
     assert columns_named(database_url, "handler") == [
         "event_keys",
+        "ops_actions",
         "rejected_deliveries",
         "subscription_health",
         "sweep_watermarks",
@@ -233,6 +234,7 @@ async def test_a_fresh_database_migrates_down_to_base_and_up_again(database_url:
     assert await current_revision(database_url) == head_revision()
     assert columns_named(database_url, "handler") == [
         "event_keys",
+        "ops_actions",
         "rejected_deliveries",
         "subscription_health",
         "sweep_watermarks",
