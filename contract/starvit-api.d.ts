@@ -700,6 +700,11 @@ export interface components {
             };
             /** Last Attempt At */
             last_attempt_at: string | null;
+            /**
+             * Truncated
+             * @description More attempts than were counted (300 are read).
+             */
+            truncated: boolean;
         };
         /** WhoAmI */
         WhoAmI: {

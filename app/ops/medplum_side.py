@@ -54,6 +54,7 @@ class TransmitStats:
     http_codes: dict[str, int]
     auto_disabled: int
     last_attempt_at: datetime | None
+    truncated: bool = False  # more AuditEvents than were read
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +139,8 @@ async def transmit_stats(
     attempts = failures = disabled = 0
     codes: Counter[str] = Counter()
     last: datetime | None = None
+    pages = 0
+    truncated = False
     params = [
         ("type", "transmit"),
         ("entity", f"Subscription/{subscription_id}"),
@@ -146,6 +149,8 @@ async def transmit_stats(
         ("_count", str(PAGE)),
     ]
     async for page in medplum.search_pages("AuditEvent", params, max_pages=max_pages):
+        pages += 1
+        truncated = pages >= max_pages and page.next_url is not None
         for event in page.resources:
             outcome = get_str(event, "outcome")
             if outcome == "8":
@@ -159,7 +164,7 @@ async def transmit_stats(
             updated = ResourceView(event).last_updated
             if updated is not None and (last is None or updated > last):
                 last = updated
-    return TransmitStats(attempts, failures, dict(codes), disabled, last)
+    return TransmitStats(attempts, failures, dict(codes), disabled, last, truncated)
 
 
 async def gaps(

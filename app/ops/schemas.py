@@ -22,6 +22,7 @@ class TransmitAttempts(BaseModel):
     )
     auto_disabled: int = Field(description="AuditEvents with outcome 8 (Medplum switched it off).")
     last_attempt_at: datetime | None
+    truncated: bool = Field(description="More attempts than were counted (300 are read).")
 
 
 class HandlerPanel(BaseModel):

@@ -244,6 +244,7 @@ class OpsService:
                         http_codes=sent.http_codes,
                         auto_disabled=sent.auto_disabled,
                         last_attempt_at=sent.last_attempt_at,
+                        truncated=sent.truncated,
                     )
                     if sent
                     else None,
