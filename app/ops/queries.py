@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
 # A delivery within 15 minutes after an ops $resend of the same resource is the resend's.
-_NOT_RESENT = """
-    NOT EXISTS (
+_RESENT = """
+    EXISTS (
         SELECT 1 FROM starvit.ops_actions AS a
         WHERE a.action = 'resend' AND a.outcome = 'done'
           AND a.target = e.resource_type || '/' || e.resource_id
@@ -137,24 +137,39 @@ async def handler_traffic(pool: AsyncConnectionPool, handlers: list[str]) -> lis
     async with pool.connection() as conn:
         cursor = await conn.execute(
             f"""
-            SELECT h.name,
-                count(e.id) FILTER (WHERE e.source = 'notification'
-                    AND e.received_at > now() - interval '15 minutes' AND {_NOT_RESENT}),
-                count(e.id) FILTER (WHERE e.source = 'notification'
-                    AND e.received_at > now() - interval '1 hour' AND {_NOT_RESENT}),
-                count(e.id) FILTER (WHERE e.source = 'notification'
-                    AND e.received_at > now() - interval '1 hour' AND NOT {_NOT_RESENT}),
-                (SELECT max(l.received_at) FROM (
-                    SELECT received_at FROM starvit.event_keys
-                    WHERE handler = h.name AND source = 'notification'
-                    ORDER BY received_at DESC LIMIT 1) AS l),
-                count(e.id) FILTER (WHERE e.source = 'sweep'),
-                (SELECT count(*) FROM starvit.event_keys AS r
-                    WHERE r.handler = h.name AND r.replayed_at > now() - interval '24 hours')
+            WITH hour AS (
+                SELECT e.handler, e.received_at, {_RESENT} AS resent
+                FROM starvit.event_keys AS e
+                WHERE e.source = 'notification' AND e.received_at > now() - interval '1 hour'
+            ),
+            delivered AS (
+                SELECT handler,
+                    count(*) FILTER (WHERE NOT resent
+                        AND received_at > now() - interval '15 minutes') AS last_15m,
+                    count(*) FILTER (WHERE NOT resent) AS last_hour,
+                    count(*) FILTER (WHERE resent) AS resent
+                FROM hour GROUP BY handler
+            ),
+            swept AS (
+                SELECT handler, count(*) AS n FROM starvit.event_keys
+                WHERE source = 'sweep' AND received_at > now() - interval '24 hours'
+                GROUP BY handler
+            ),
+            replayed AS (
+                SELECT handler, count(*) AS n FROM starvit.event_keys
+                WHERE replayed_at > now() - interval '24 hours' GROUP BY handler
+            )
+            SELECT h.name, coalesce(d.last_15m, 0), coalesce(d.last_hour, 0),
+                coalesce(d.resent, 0),
+                (SELECT l.received_at FROM starvit.event_keys AS l
+                    WHERE l.handler = h.name AND l.source = 'notification'
+                    ORDER BY l.received_at DESC LIMIT 1),
+                coalesce(s.n, 0), coalesce(r.n, 0)
             FROM unnest(%s::text[]) AS h(name)
-            LEFT JOIN starvit.event_keys AS e
-                ON e.handler = h.name AND e.received_at > now() - interval '24 hours'
-            GROUP BY h.name ORDER BY h.name
+            LEFT JOIN delivered AS d ON d.handler = h.name
+            LEFT JOIN swept AS s ON s.handler = h.name
+            LEFT JOIN replayed AS r ON r.handler = h.name
+            ORDER BY h.name
             """,  # noqa: S608 - constants only
             (handlers,),
         )
@@ -302,39 +317,55 @@ async def minute_series(pool: AsyncConnectionPool, minutes: int = 60) -> list[Mi
             """
             WITH m AS (
                 SELECT minute, minute + interval '1 minute' AS upto FROM generate_series(
-                    date_trunc('minute', now()) - make_interval(mins => %s - 1),
+                    date_trunc('minute', now()) - make_interval(mins => %(minutes)s - 1),
                     date_trunc('minute', now()), interval '1 minute') AS minute
             ),
-            recent AS (
-                SELECT received_at, processed_at, status, source, latency_ms, replayed_at
+            arrived AS (
+                SELECT date_trunc('minute', received_at) AS minute,
+                    count(*) FILTER (WHERE source = 'notification') AS deliveries,
+                    count(*) FILTER (WHERE status = 'failed') AS failed
+                FROM starvit.event_keys
+                WHERE received_at >= (SELECT min(minute) FROM m) AND replayed_at IS NULL
+                GROUP BY 1
+            ),
+            finished AS (
+                SELECT date_trunc('minute', processed_at) AS minute,
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50,
+                    percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95
                 FROM starvit.event_keys
                 WHERE received_at > now() - interval '1 day'
-                   OR processed_at > now() - make_interval(mins => %s)
+                  AND processed_at >= (SELECT min(minute) FROM m) AND replayed_at IS NULL
+                GROUP BY 1
+            ),
+            refused AS (
+                SELECT minute, sum(count) AS n FROM starvit.rejected_deliveries
+                WHERE minute >= (SELECT min(minute) FROM m) AND reason <> 'duplicate'
+                GROUP BY minute
+            ),
+            -- Whatever waited at some point of the window (small unless there is a backlog).
+            waiting AS MATERIALIZED (
+                SELECT received_at, processed_at FROM starvit.event_keys
+                WHERE received_at > now() - interval '1 day' AND status <> 'failed'
+                  AND replayed_at IS NULL
+                  AND (processed_at IS NULL OR processed_at >= (SELECT min(minute) FROM m))
+            ),
+            backlog AS (
+                SELECT m.minute, count(w.received_at) AS n,
+                    extract(epoch FROM m.upto - min(w.received_at)) AS oldest
+                FROM m LEFT JOIN waiting AS w ON w.received_at < m.upto
+                    AND (w.processed_at IS NULL OR w.processed_at >= m.upto)
+                GROUP BY m.minute, m.upto
             )
-            SELECT m.minute,
-                (SELECT count(*) FROM recent r WHERE r.source = 'notification'
-                    AND r.replayed_at IS NULL
-                    AND r.received_at >= m.minute AND r.received_at < m.upto),
-                (SELECT coalesce(sum(d.count), 0) FROM starvit.rejected_deliveries d
-                    WHERE d.minute = m.minute AND d.reason <> 'duplicate'),
-                (SELECT count(*) FROM recent r WHERE r.status = 'failed'
-                    AND r.received_at >= m.minute AND r.received_at < m.upto),
-                (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY r.latency_ms) FROM recent r
-                    WHERE r.replayed_at IS NULL
-                    AND r.processed_at >= m.minute AND r.processed_at < m.upto),
-                (SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY r.latency_ms) FROM recent r
-                    WHERE r.replayed_at IS NULL
-                    AND r.processed_at >= m.minute AND r.processed_at < m.upto),
-                (SELECT count(*) FROM recent r WHERE r.replayed_at IS NULL
-                    AND r.status <> 'failed' AND r.received_at < m.upto
-                    AND (r.processed_at IS NULL OR r.processed_at >= m.upto)),
-                (SELECT extract(epoch FROM m.upto - min(r.received_at))
-                    FROM recent r WHERE r.replayed_at IS NULL AND r.status <> 'failed'
-                    AND r.received_at < m.upto
-                    AND (r.processed_at IS NULL OR r.processed_at >= m.upto))
-            FROM m ORDER BY m.minute
+            SELECT m.minute, coalesce(a.deliveries, 0), coalesce(r.n, 0), coalesce(a.failed, 0),
+                f.p50, f.p95, b.n, b.oldest
+            FROM m
+            LEFT JOIN arrived AS a ON a.minute = m.minute
+            LEFT JOIN finished AS f ON f.minute = m.minute
+            LEFT JOIN refused AS r ON r.minute = m.minute
+            LEFT JOIN backlog AS b ON b.minute = m.minute
+            ORDER BY m.minute
             """,
-            (minutes, minutes),
+            {"minutes": minutes},
         )
         rows = await cursor.fetchall()
     return [

@@ -8,6 +8,7 @@ on an event key.
 * ``event_keys.replayed_at`` / ``replays``: an event put back on the queue by an ops replay.
   Its processing says nothing about Medplum's delivery or the pipeline's latency, so the
   dashboard's delivery-health figures leave replayed events out.
+* Two indexes for the dashboard's reads: the newest event of a handler, and replayed events.
 
 Revision ID: 0007_ops
 Revises: 0003
@@ -51,9 +52,16 @@ _UPGRADE = (
     " ON starvit.ops_actions (target, at) WHERE action = 'resend'",
     "ALTER TABLE starvit.event_keys ADD COLUMN IF NOT EXISTS replayed_at timestamptz",
     "ALTER TABLE starvit.event_keys ADD COLUMN IF NOT EXISTS replays integer NOT NULL DEFAULT 0",
+    # The dashboard's "last delivery" per handler, whatever its age, without a scan.
+    "CREATE INDEX IF NOT EXISTS event_keys_handler_received"
+    " ON starvit.event_keys (handler, received_at DESC)",
+    "CREATE INDEX IF NOT EXISTS event_keys_replayed"
+    " ON starvit.event_keys (replayed_at) WHERE replayed_at IS NOT NULL",
 )
 
 _DOWNGRADE = (
+    "DROP INDEX IF EXISTS starvit.event_keys_replayed",
+    "DROP INDEX IF EXISTS starvit.event_keys_handler_received",
     "ALTER TABLE starvit.event_keys DROP COLUMN IF EXISTS replays",
     "ALTER TABLE starvit.event_keys DROP COLUMN IF EXISTS replayed_at",
     "DROP TABLE IF EXISTS starvit.ops_actions",
