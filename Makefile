@@ -15,7 +15,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 NODE22 := devserver/node_modules/.bin/node
 
-.PHONY: help setup test lint typecheck unit demo devserver bench openapi subscriptions clean
+.PHONY: help setup test lint typecheck unit demo devserver bench openapi subscriptions clean chromium
 
 help:
 	@echo "make demo   - the end-to-end demo (Medplum stand-in, embedded PostgreSQL, receiver, worker)"
@@ -51,9 +51,16 @@ lint: setup
 typecheck: setup
 	node_modules/.bin/pyright
 
-test: setup lint typecheck
+test: setup lint typecheck chromium
 	cd devserver && npm test --silent
 	$(BIN)/pytest
+
+# The browser tests drive Debian's Chromium (no browser download at run time): installed here
+# when missing.
+chromium:
+	@test -x /usr/bin/chromium || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
 
 devserver: devserver/node_modules/.package-lock.json
 	cd devserver && exec node_modules/.bin/node server.mjs
@@ -61,7 +68,7 @@ devserver: devserver/node_modules/.package-lock.json
 demo: setup
 	$(BIN)/python -m devtools demo
 
-bench: setup
+bench: setup chromium
 	$(BIN)/python -m benchmarks.run
 
 openapi: setup

@@ -109,6 +109,11 @@ def create_app(
 
     document_handlers(handler_registry().subscribed_names())
     app.include_router(v1_router)
+    from app.ops import metrics as ops_metrics  # noqa: PLC0415
+    from app.ops import pages as ops_pages  # noqa: PLC0415
+
+    app.include_router(ops_pages.router)
+    app.include_router(ops_metrics.router)
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,

@@ -172,6 +172,22 @@ class Settings(BaseSettings):
     # How far in the future a clinical time (effective, issued, recorded...) may lie: clocks of
     # devices and laboratories drift.
     partner_future_tolerance_minutes: int = Field(default=5, ge=0, le=1440)
+    # --- Ops dashboard (app/ops) ---
+    # Signs the dashboard's session cookies; without it the dashboard's sign-in is off (its
+    # pages and /v1/ops answer 503) and /metrics needs the metrics token.
+    ops_session_secret: SecretStr | None = None
+    # The public app (authorization code + PKCE) ops users sign in to, in Medplum.
+    ops_client_id: str = "starvit-ops"
+    # The dashboard's public base URL (the OAuth redirect is <url>/ops/callback); empty: the
+    # URL the request came to.
+    ops_public_url: str | None = None
+    # Medplum AccessPolicies (references or ids) whose holders are ops users.
+    ops_access_policies: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["AccessPolicy/ops-policy"]
+    )
+    ops_session_hours: int = Field(default=8, ge=1, le=24)
+    # A bearer token Prometheus scrapes /metrics with (an ops session works too).
+    metrics_token: SecretStr | None = None
 
     # --- Observability ---
     otel_exporter: Literal["none", "otlp", "console"] = "none"
@@ -218,6 +234,7 @@ class Settings(BaseSettings):
         "clinician_role_codes",
         "trusted_proxies",
         "coalesce_by_patient",
+        "ops_access_policies",
         mode="before",
     )
     @classmethod

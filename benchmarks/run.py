@@ -131,6 +131,7 @@ def run(plan: Plan, *, quick: bool) -> dict[str, Any]:
             quota_runs.append(quota_bench.run(pg, scenario))
             _progress(f"quota, {scenario.quota:,} points a minute", step)
         results["quota"] = quota_runs
+        results["ops_screenshots"] = screenshots.run(pg, quick=quick)
     finally:
         pg.stop()
     results["duration_s"] = time.monotonic() - started

@@ -27,6 +27,7 @@ from app.wiring import medplum_client
 from devtools import clinician, synthea
 from devtools.databases import create_database
 from devtools.devserver import DEVSERVER_DIR, DevServer
+from devtools.ops import OPS_PASSWORD, OPS_USER, ops_env, register_ops_redirect
 from devtools.stack import Stack
 
 DEMO_DATABASE = "starvit_demo"
@@ -140,11 +141,13 @@ async def run_demo(
         stack = Stack(
             devserver.base_url,
             database_url,
-            extra_env={"STARVIT_PARTNER_REGISTRY": str(PARTNER_REGISTRY)},
+            extra_env={"STARVIT_PARTNER_REGISTRY": str(PARTNER_REGISTRY), **ops_env()},
         )
         try:
             stack.start_receiver()
             say(f"receiver at {stack.receiver_url}")
+            dashboard = await register_ops_redirect(devserver.base_url, stack.receiver_base)
+            say(f"ops dashboard at {dashboard} (sign in as {OPS_USER} / {OPS_PASSWORD})")
             stack.start_worker()
             say("worker started")
             service_settings = load_settings(
@@ -170,6 +173,7 @@ async def run_demo(
             await _drain(database_url, say)
             await _show_results(devserver, database_url, say)
             if keep_running:
+                say(f"ops dashboard at {dashboard}")
                 say("running; press Ctrl-C to stop")
                 await asyncio.Event().wait()
         finally:

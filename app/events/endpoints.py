@@ -214,6 +214,7 @@ async def receive_notification(request: Request, body: SignedBody, runtime: Runt
         duplicate=result.duplicate,
     )
     if result.duplicate:
+        count_rejection(request, "duplicate", key.handler)
         return _ack(200, NotificationAck(status="duplicate", event_id=result.event_id))
     return _ack(202, NotificationAck(status="accepted", event_id=result.event_id))
 

@@ -16,8 +16,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
+# "duplicate" is not a refusal: a delivery of a version already received (answered 200),
+# counted the same cheap way for the ops dashboard.
 type Reason = Literal[
-    "bad_signature", "malformed", "unknown_handler", "wrong_resource_type", "rate_limited"
+    "bad_signature",
+    "malformed",
+    "unknown_handler",
+    "wrong_resource_type",
+    "rate_limited",
+    "duplicate",
 ]
 NO_HANDLER = "-"
 

@@ -31,6 +31,7 @@ import {
 } from './auth.mjs';
 import { handleTokenRequest } from './clientassertion.mjs';
 import { loadDefinitions } from './definitions.mjs';
+import { authMe } from './me.mjs';
 import { FhirQuota, RateLimits, rateLimitHeader, throttledOutcome } from './ratelimit.mjs';
 import { ConflictSimulator, RequestRepository } from './repo.mjs';
 import { Store } from './store.mjs';
@@ -648,6 +649,13 @@ export function createApp(config) {
             ? handleLogin(app, body, req.socket.remoteAddress, req.headers['user-agent'])
             : handleProfile(app, body);
         return sendJson(res, out.status, out.json, { ...loginCookie(out.cookie), ...rl() });
+      } catch (err) {
+        return sendOutcome(res, normalizeOperationOutcome(err), rl());
+      }
+    }
+    if (path === '/auth/me' && method === 'GET') {
+      try {
+        return sendJson(res, 200, authMe(app, req.headers.authorization), rl());
       } catch (err) {
         return sendOutcome(res, normalizeOperationOutcome(err), rl());
       }

@@ -11,6 +11,7 @@ import {
   unauthorized,
 } from '@medplum/core';
 import crypto from 'node:crypto';
+import { appSignInPage } from './signin.mjs';
 
 const TOKEN_LIFETIME_S = 3600;
 const CODE_LIFETIME_MS = 10 * 60 * 1000;
@@ -723,40 +724,8 @@ export function handleProfile(app, body) {
 
 // ------------------------------------------------------------------ stand-in sign-in page (plays the Medplum app)
 
-function escapeHtml(s) {
-  return String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
-}
-
-/**
- * GET /_devserver/app/oauth: where /oauth2/authorize sends the browser (the real server sends it
- * to the Medplum app). A plain email + password form; POSTing it signs in through the same
- * code path as POST /auth/login and redirects to the client with `code` and `state`.
- */
-export function appSignInPage(app, params, error) {
-  const hidden = Object.entries(params)
-    .filter(([k]) => !['email', 'password'].includes(k))
-    .map(([k, v]) => `<input type="hidden" name="${escapeHtml(k)}" value="${escapeHtml(v)}">`)
-    .join('\n');
-  const users = [...app.store.all('User')]
-    .filter((u) => u.email)
-    .map((u) => `<li>${escapeHtml(u.email)}</li>`)
-    .join('');
-  return `<!doctype html>
-<html><head><meta charset="utf-8"><title>Sign in</title>
-<style>body{font-family:sans-serif;max-width:30em;margin:2em auto}label{display:block;margin:.6em 0}input[type=email],input[type=password]{width:100%}</style>
-</head><body>
-<h1>Sign in</h1>
-<p>Medplum stand-in: sign-in page of the app for <b>${escapeHtml(params.client_id)}</b>.</p>
-${error ? `<p role="alert" style="color:#b00">${escapeHtml(error)}</p>` : ''}
-<form method="POST">
-${hidden}
-<label>Email <input type="email" name="email" value="${escapeHtml(params.email)}" required></label>
-<label>Password <input type="password" name="password" required></label>
-<button type="submit">Sign in</button>
-</form>
-<p>Development users (passwords in devserver/README.md):</p><ul>${users}</ul>
-</body></html>`;
-}
+// The page itself is signin.mjs; re-exported here where app.mjs has always found it.
+export { appSignInPage };
 
 export function appSignInPost(app, params, remoteAddress, userAgent) {
   const check = handleAuthorize(app, { ...params, prompt: 'login' });

@@ -40,6 +40,15 @@ def test_the_wheel_holds_the_service_and_the_bots(wheel_files: dict[str, bytes])
     assert any(name.startswith("app/persistence/migrations/versions/") for name in wheel_files)
 
 
+def test_the_wheel_holds_the_ops_dashboards_pages_and_static_files(
+    wheel_files: dict[str, bytes],
+) -> None:
+    for name in ("dashboard.html", "_panels.html", "confirm.html", "message.html", "gaps.html"):
+        assert f"app/ops/templates/{name}" in wheel_files
+    assert "app/ops/static/ops.css" in wheel_files
+    assert "app/ops/static/ops.js" in wheel_files
+
+
 def test_the_wheel_holds_no_development_tooling(wheel_files: dict[str, bytes]) -> None:
     assert not [name for name in wheel_files if name.startswith(("devtools/", "tests/"))]
     assert not [name for name in wheel_files if "devserver" in name or "synthea" in name]

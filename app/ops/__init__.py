@@ -1,0 +1,1 @@
+"""The ops dashboard: pages (``/ops/``), the JSON API (``/v1/ops/``) and ``/metrics``."""
