@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from app.integrations.medplum.tokens import AccessTokenVerifier, jwks_url_for
+
 if TYPE_CHECKING:
     from app.events.repository import EventIntake
     from app.handlers.registry import HandlerRegistry
@@ -33,6 +35,7 @@ class Runtime:
     dependencies: list[Dependency] = field(default_factory=list[Dependency])
     intake: EventIntake | None = None
     registry: HandlerRegistry | None = None
+    token_verifier: AccessTokenVerifier | None = None
 
     async def readiness(self) -> dict[str, str | None]:
         results: dict[str, str | None] = {}
@@ -51,6 +54,17 @@ class Runtime:
         if self.registry is None:
             raise RuntimeError("this runtime has no handler registry")
         return self.registry
+
+    def access_tokens(self) -> AccessTokenVerifier:
+        """The verifier of inbound Medplum access tokens (built on first use; it fetches
+        Medplum's key set only when a token arrives)."""
+        if self.token_verifier is None:
+            self.token_verifier = AccessTokenVerifier(
+                jwks_url=jwks_url_for(self.settings.medplum_base_url),
+                issuer=self.settings.token_issuer,
+                leeway_seconds=self.settings.medplum_token_leeway_seconds,
+            )
+        return self.token_verifier
 
     def require_intake(self) -> EventIntake:
         if self.intake is None:

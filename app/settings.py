@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     # The project's `transaction-bundles` feature: when off, writes are sent as a batch of
     # conditional creates that heal on retry instead of one atomic transaction.
     medplum_transactions: bool = True
+    # Inbound Medplum access tokens (partners, ops users, researchers) are verified locally
+    # against <medplum_base_url>/.well-known/jwks.json. The issuer defaults to the base URL
+    # (Medplum's default `iss`); clock skew tolerated on `exp`/`nbf`, in seconds.
+    medplum_token_issuer: str | None = None
+    medplum_token_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
 
     # --- Rest-hook receiver ---
     # Several active secrets allow rotation; an empty one is refused at start.
@@ -217,6 +222,11 @@ class Settings(BaseSettings):
         """Days processed event keys are kept: the configured retention, but never less than a
         day beyond the Task expiry (an open suggestion's delete must still find its patient)."""
         return max(self.event_key_retention_days, self.task_expiry_days + 1)
+
+    @property
+    def token_issuer(self) -> str:
+        """The ``iss`` every accepted Medplum access token must carry."""
+        return self.medplum_token_issuer or self.medplum_base_url
 
     @property
     def service_author(self) -> str:
