@@ -24,10 +24,11 @@ _STATE_TABLE = "export_state"
 
 
 class DuckDBStore:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
-        self._conn = duckdb.connect(str(path))
+        self._conn = duckdb.connect(str(path), read_only=read_only)
 
     @property
     def target(self) -> str:
