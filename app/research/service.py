@@ -38,7 +38,11 @@ from app.research.suppression import MIN_CELL, Cell, SuppressedTable, prevalence
 from app.research.views.runner import ViewDefinition, load_views
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from app.integrations.medplum import MedplumClient
+    from app.research.repository import ExportRecord
+    from app.runtime import Runtime
     from app.settings import Settings
 
 RESOURCE_TYPES = ("Patient", "Condition", "Observation")
@@ -119,8 +123,43 @@ def open_zone(settings: Settings, *, read_only: bool = False) -> ResearchZone:
     else:
         from app.research.graph.ladybug import LadybugGraph  # noqa: PLC0415
 
-        graph = LadybugGraph(root / "graph.lbdb")
+        graph = LadybugGraph(root / "graph.lbdb", read_only=read_only)
     return ResearchZone(store, graph, load_views(), root / "exports", settings.research_k)
+
+
+class ZoneUnavailable(RuntimeError):
+    """The analytics store or the database cannot answer now (no export yet, an export holding
+    the embedded store, a cloud store unreachable); ``reason`` is a stable code."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def read_zone[T](settings: Settings, work: Callable[[ResearchZone], T]) -> T:
+    """Open the configured stores for reading, run ``work``, close them (blocking: run it in
+    a worker thread)."""
+    if not settings.research_bigquery_dataset and not (
+        settings.research_dir / "research.duckdb"
+    ).exists():
+        raise ZoneUnavailable("no_export_yet")
+    try:
+        zone = open_zone(settings, read_only=True)
+    except Exception as error:  # the embedded file is locked by a running export
+        raise ZoneUnavailable("store_busy") from error
+    try:
+        return work(zone)
+    finally:
+        zone.close()
+
+
+async def recent_exports(runtime: Runtime, *, limit: int) -> list[ExportRecord]:
+    from app.persistence.database import Database  # noqa: PLC0415
+
+    database = next((d for d in runtime.dependencies if isinstance(d, Database)), None)
+    if database is None:
+        raise ZoneUnavailable("no_database")
+    return await ResearchRepository(database.pool).exports(limit=limit)
 
 
 def deidentifier_for(settings: Settings) -> AllowListDeidentifier:

@@ -5,6 +5,8 @@ Each domain owns its endpoints module; this router only mounts them."""
 from fastapi import APIRouter
 
 from app.events import endpoints as event_endpoints
+from app.research import endpoints as research_endpoints
 
 router = APIRouter(prefix="/v1")
 router.include_router(event_endpoints.router)
+router.include_router(research_endpoints.router)

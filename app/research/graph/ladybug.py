@@ -33,9 +33,11 @@ def _write_csv(path: Path, rows: Iterable[Sequence[GraphValue]]) -> None:
 
 
 class LadybugGraph:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
+        self._read_only = read_only
         self._db: ladybug.Database | None = None
 
     @property
@@ -44,7 +46,7 @@ class LadybugGraph:
 
     def _connection(self) -> ladybug.Connection:
         if self._db is None:
-            self._db = ladybug.Database(str(self._path))
+            self._db = ladybug.Database(str(self._path), read_only=self._read_only)
         return ladybug.Connection(self._db)
 
     def rebuild(self, data: GraphData) -> None:
