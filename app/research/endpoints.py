@@ -27,19 +27,16 @@ from app.research.suppression import MIN_CELL, Cell, SuppressedTable
 router = APIRouter(prefix="/research", tags=["research"])
 log = get_logger("app.research.api")
 
-_limits: dict[int, SubjectRateLimit] = {}
-
-
 async def researcher(request: Request, runtime: RuntimeDep) -> AccessToken:
     settings = runtime.settings
     token = await authenticate(request, runtime, audiences=audiences(settings))
     if not is_researcher(token, settings):
         log.info("research_access_refused", profile=token.profile, client_id=token.client_id)
         raise ApiError(403, ErrorCode.FORBIDDEN, details={"reason": "not_a_researcher"})
-    limiter = _limits.setdefault(
-        settings.research_requests_per_minute,
-        SubjectRateLimit(settings.research_requests_per_minute),
-    )
+    limiter = getattr(request.app.state, "research_rate_limit", None)
+    if not isinstance(limiter, SubjectRateLimit):
+        limiter = SubjectRateLimit(settings.research_requests_per_minute)
+        request.app.state.research_rate_limit = limiter
     allowed, reset = limiter.allow(token.profile)
     if not allowed:
         raise ApiError(429, ErrorCode.RATE_LIMITED, headers={"Retry-After": str(reset)})
