@@ -120,7 +120,11 @@ class Policy:
     @cached_property
     def allowed_modifier_extensions(self) -> frozenset[str]:
         urls = self.document.get("allowed_modifier_extensions")
-        return frozenset(u for u in urls if isinstance(u, str)) if isinstance(urls, list) else frozenset()
+        return (
+            frozenset(u for u in urls if isinstance(u, str))
+            if isinstance(urls, list)
+            else frozenset()
+        )
 
     @cached_property
     def config_hash(self) -> str:
@@ -237,7 +241,7 @@ def has_disallowed_modifier(value: JSONValue, allowed: frozenset[str]) -> bool:
     return any(has_disallowed_modifier(v, allowed) for v in value.values())
 
 
-class _DropResource(Exception):  # noqa: N818 - control flow inside one resource
+class _DropResource(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -304,7 +308,9 @@ class AllowListDeidentifier:
         if resource_type == "Patient":
             birth = resource.get("birthDate")
             if isinstance(birth, str) and (m := _DATE.match(birth)):
-                context.birth = date(int(m.group("y")), int(m.group("m") or 1), int(m.group("d") or 1))
+                context.birth = date(
+                    int(m.group("y")), int(m.group("m") or 1), int(m.group("d") or 1)
+                )
         try:
             out = self._element(dict(resource), rule, context, resource_type)
         except _DropResource as drop:
@@ -335,8 +341,8 @@ class AllowListDeidentifier:
     ) -> JSONValue:
         if isinstance(value, list):
             items = [self._element(v, rule, context, path) for v in value]
-            kept = [i for i in items if i is not None]
-            return kept or None
+            survivors: list[JSONValue] = [i for i in items if i is not None]
+            return survivors or None
         if isinstance(rule, str):
             return self._action(rule, value, context, path)
         if not isinstance(rule, dict) or not isinstance(value, dict):
@@ -362,7 +368,9 @@ class AllowListDeidentifier:
                 return value
             case "resource_id":
                 resource_type = path.split(".", 1)[0]
-                return self._names.pseudonym(resource_type, value) if isinstance(value, str) else None
+                return (
+                    self._names.pseudonym(resource_type, value) if isinstance(value, str) else None
+                )
             case "reference":
                 if not isinstance(value, str) or not (m := _RELATIVE_REFERENCE.match(value)):
                     return None  # contained, absolute or conditional references are not kept

@@ -27,6 +27,7 @@ from app.research.suppression import MIN_CELL, Cell, SuppressedTable
 router = APIRouter(prefix="/research", tags=["research"])
 log = get_logger("app.research.api")
 
+
 async def researcher(request: Request, runtime: RuntimeDep) -> AccessToken:
     settings = runtime.settings
     token = await authenticate(request, runtime, audiences=audiences(settings))
@@ -155,9 +156,7 @@ async def demographics(runtime: RuntimeDep, token: Researcher) -> CrossTable:
     responses=RESPONSES,
 )
 async def conditions(runtime: RuntimeDep, token: Researcher) -> Prevalence:
-    cells, population = await _with_zone(
-        runtime, lambda z: service.condition_prevalence(z.store)
-    )
+    cells, population = await _with_zone(runtime, lambda z: service.condition_prevalence(z.store))
     _audit(token, "conditions", _withheld(cells))
     return Prevalence(population=population, conditions=_cells(cells))
 
@@ -181,7 +180,10 @@ async def egfr_comorbidity(
     _audit(token, "egfr_comorbidity", withheld)
     return EgfrComorbidity(
         threshold=threshold,
-        pairs=[Cooccurrence(condition_a=p.condition_a, condition_b=p.condition_b, patients=p.patients) for p in pairs],
+        pairs=[
+            Cooccurrence(condition_a=p.condition_a, condition_b=p.condition_b, patients=p.patients)
+            for p in pairs
+        ],
         withheld_pairs=withheld,
     )
 

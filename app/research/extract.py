@@ -72,7 +72,7 @@ async def changed_pages(
     page_size: int = PAGE_SIZE,
 ) -> AsyncIterator[Page]:
     boundary_at = since.last_updated if since else None
-    boundary: set[str] = set(since.boundary_ids) if since else set()
+    boundary: set[str] = set(since.boundary_ids) if since else set[str]()
     async for page in medplum.search_pages(
         resource_type, _search_params(since, page_size), max_pages=MAX_PAGES
     ):
@@ -85,6 +85,6 @@ async def changed_pages(
             fresh.append(resource)
             if stamp is not None and rid is not None:
                 if stamp != boundary_at:
-                    boundary_at, boundary = stamp, set()
+                    boundary_at, boundary = stamp, set[str]()
                 boundary.add(rid)
         yield Page(resource_type, fresh, boundary_at, tuple(sorted(boundary)))

@@ -60,9 +60,7 @@ class ResearchRepository:
                 (target,),
             )
             rows = await cursor.fetchall()
-        return {
-            row[0]: Checkpoint(row[0], row[1], tuple(row[2]), row[3], row[4]) for row in rows
-        }
+        return {row[0]: Checkpoint(row[0], row[1], tuple(row[2]), row[3], row[4]) for row in rows}
 
     async def save_checkpoint(self, target: str, checkpoint: Checkpoint) -> None:
         async with self._pool.connection() as conn:

@@ -139,9 +139,10 @@ class ZoneUnavailable(RuntimeError):
 def read_zone[T](settings: Settings, work: Callable[[ResearchZone], T]) -> T:
     """Open the configured stores for reading, run ``work``, close them (blocking: run it in
     a worker thread)."""
-    if not settings.research_bigquery_dataset and not (
-        settings.research_dir / "research.duckdb"
-    ).exists():
+    if (
+        not settings.research_bigquery_dataset
+        and not (settings.research_dir / "research.duckdb").exists()
+    ):
         raise ZoneUnavailable("no_export_yet")
     try:
         zone = open_zone(settings, read_only=True)
@@ -297,7 +298,9 @@ async def _export_type(
     progress: ExportProgress,
     page_size: int,
 ) -> None:
-    since = Since(checkpoint.last_updated, frozenset(checkpoint.boundary_ids)) if checkpoint else None
+    since = (
+        Since(checkpoint.last_updated, frozenset(checkpoint.boundary_ids)) if checkpoint else None
+    )
     progress.begin(resource_type, await count_changed(medplum, resource_type, since))
     views = [v for v in zone.views if v.resource == resource_type]
     names = deidentifier.pseudonyms
@@ -373,7 +376,9 @@ def _text(value: object) -> str | None:
 def graph_data(store: AnalyticsStore) -> GraphData:
     return GraphData(
         patients=[
-            PatientNode(str(r[0]), _text(r[1]), int(str(r[2])) if r[2] is not None else None, _text(r[3]))
+            PatientNode(
+                str(r[0]), _text(r[1]), int(str(r[2])) if r[2] is not None else None, _text(r[3])
+            )
             for r in store.query(_GRAPH_PATIENTS)
         ],
         conditions=[CodeNode(str(r[0]), _text(r[1])) for r in store.query(_GRAPH_CONDITIONS)],
@@ -389,7 +394,7 @@ def graph_data(store: AnalyticsStore) -> GraphData:
     )
 
 
-# --- researchers' aggregates (small cells suppressed) ----------------------------------------------
+# --- researchers' aggregates (small cells suppressed) ------------------------------------------
 
 
 def _decade(year: object) -> str:
@@ -437,9 +442,7 @@ class CooccurrenceRow:
     patients: int
 
 
-def egfr_comorbidity(
-    graph: GraphStore, *, threshold: float
-) -> tuple[list[CooccurrenceRow], int]:
+def egfr_comorbidity(graph: GraphStore, *, threshold: float) -> tuple[list[CooccurrenceRow], int]:
     """Condition pairs among patients with an eGFR below ``threshold``: pairs held by fewer
     than ``MIN_CELL`` patients are withheld (their number is returned, not the pairs)."""
     result: GraphResult = graph.run(query_text("egfr_comorbidity"), {"threshold": threshold})

@@ -32,9 +32,7 @@ class Line:
     total: Hashable
 
 
-def _fix_line(
-    line: Line, counts: Mapping[Hashable, int], suppressed: set[Hashable]
-) -> bool:
+def _fix_line(line: Line, counts: Mapping[Hashable, int], suppressed: set[Hashable]) -> bool:
     """Complementary suppression of one line; returns whether anything changed."""
     changed = False
     if is_small(counts[line.total]) and line.total not in suppressed:
@@ -92,9 +90,7 @@ def one_way(dimension: str, counts: Mapping[str, int], total: int) -> Suppressed
     table: dict[Hashable, int] = {("cell", k): v for k, v in counts.items()}
     table["total"] = total
     hidden = suppress(table, [Line([("cell", k) for k in counts], "total")])
-    cells = [
-        Cell((k,), None if ("cell", k) in hidden else v) for k, v in sorted(counts.items())
-    ]
+    cells = [Cell((k,), None if ("cell", k) in hidden else v) for k, v in sorted(counts.items())]
     return SuppressedTable((dimension,), cells, {}, None if "total" in hidden else total)
 
 

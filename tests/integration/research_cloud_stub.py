@@ -101,7 +101,9 @@ class _Server:
                 except Exception as error:  # answer, and let the test see it
                     exchange.status = 599
                     exchange.response = {"stub_error": str(error)}
-                payload = b"" if exchange.response is None else json.dumps(exchange.response).encode()
+                payload = (
+                    b"" if exchange.response is None else json.dumps(exchange.response).encode()
+                )
                 self.send_response(exchange.status)
                 self.send_header("Content-Type", exchange.content_type)
                 self.send_header("Content-Length", str(len(payload)))
@@ -125,9 +127,9 @@ class FixtureMismatch(AssertionError):
 
 
 @contextmanager
-def fixture_server(name: str, responder: Callable[[], Responder], *, record: bool) -> Iterator[
-    tuple[int, list[str]]
-]:
+def fixture_server(
+    name: str, responder: Callable[[], Responder], *, record: bool
+) -> Iterator[tuple[int, list[str]]]:
     """``(port, problems)``: replays ``<name>.json`` (or records it with ``responder``)."""
     path = FIXTURES / f"{name}.json"
     problems: list[str] = []
@@ -195,8 +197,16 @@ def fixture_server(name: str, responder: Callable[[], Responder], *, record: boo
 
 # --- the recording responders -----------------------------------------------------------------
 
-_BQ_TYPES = {"STRING": "VARCHAR", "INT64": "BIGINT", "INTEGER": "BIGINT", "FLOAT64": "DOUBLE",
-             "FLOAT": "DOUBLE", "BOOL": "BOOLEAN", "BOOLEAN": "BOOLEAN", "DATE": "DATE"}
+_BQ_TYPES = {
+    "STRING": "VARCHAR",
+    "INT64": "BIGINT",
+    "INTEGER": "BIGINT",
+    "FLOAT64": "DOUBLE",
+    "FLOAT": "DOUBLE",
+    "BOOL": "BOOLEAN",
+    "BOOLEAN": "BOOLEAN",
+    "DATE": "DATE",
+}
 
 
 class BigQueryResponder:
@@ -226,20 +236,32 @@ class BigQueryResponder:
             else:
                 kind = p["parameterType"]["type"]
                 raw = value.get("value")
-                out[p["name"]] = float(raw) if kind == "FLOAT64" else int(raw) if kind == "INT64" else raw
+                out[p["name"]] = (
+                    float(raw) if kind == "FLOAT64" else int(raw) if kind == "INT64" else raw
+                )
         return out
 
     def __call__(self, ex: Exchange) -> None:
         path = ex.path
         if ex.method == "POST" and path.endswith("/datasets"):
             ref = ex.body["datasetReference"]
-            ex.response = {**ex.body, "id": f"{ref['projectId']}:{ref['datasetId']}", "kind": "bigquery#dataset"}
+            ex.response = {
+                **ex.body,
+                "id": f"{ref['projectId']}:{ref['datasetId']}",
+                "kind": "bigquery#dataset",
+            }
             return
         if ex.method == "DELETE" and "/tables/" in path:
             name = path.rsplit("/", 1)[1]
             if name not in self.tables:
                 ex.status = 404
-                ex.response = {"error": {"code": 404, "message": f"Not found: Table {name}", "errors": [{"reason": "notFound"}]}}
+                ex.response = {
+                    "error": {
+                        "code": 404,
+                        "message": f"Not found: Table {name}",
+                        "errors": [{"reason": "notFound"}],
+                    }
+                }
                 return
             self.db.execute(f'DROP TABLE "{name}"')
             del self.tables[name]
@@ -249,7 +271,11 @@ class BigQueryResponder:
             ref = ex.body["tableReference"]
             fields = ex.body["schema"]["fields"]
             self._create(ref["tableId"], fields)
-            ex.response = {**ex.body, "kind": "bigquery#table", "id": f"{ref['projectId']}:{ref['datasetId']}.{ref['tableId']}"}
+            ex.response = {
+                **ex.body,
+                "kind": "bigquery#table",
+                "id": f"{ref['projectId']}:{ref['datasetId']}.{ref['tableId']}",
+            }
             return
         if ex.method == "POST" and path.startswith("/upload/") and path.endswith("/jobs"):
             job = ex.body["job"]
@@ -280,9 +306,17 @@ class BigQueryResponder:
                     rows = cursor.fetchall() if description else []
             except duckdb.CatalogException as error:
                 ex.status = 404
-                ex.response = {"error": {"code": 404, "message": f"Not found: {error}".split("\n")[0][:120], "errors": [{"reason": "notFound"}]}}
+                ex.response = {
+                    "error": {
+                        "code": 404,
+                        "message": f"Not found: {error}".split("\n")[0][:120],
+                        "errors": [{"reason": "notFound"}],
+                    }
+                }
                 return
-            schema = [{"name": d[0], "type": self._bq_type(d[1]), "mode": "NULLABLE"} for d in description]
+            schema = [
+                {"name": d[0], "type": self._bq_type(d[1]), "mode": "NULLABLE"} for d in description
+            ]
             self.results[job_id] = (schema, rows)
             ex.response = self._job(ex.body, state="DONE")
             return
@@ -295,7 +329,9 @@ class BigQueryResponder:
                 "jobComplete": True,
                 "schema": {"fields": schema},
                 "totalRows": str(len(rows)),
-                "rows": [{"f": [{"v": None if v is None else str(v)} for v in row]} for row in rows],
+                "rows": [
+                    {"f": [{"v": None if v is None else str(v)} for v in row]} for row in rows
+                ],
             }
             return
         if ex.method == "GET" and "/jobs/" in path:
@@ -325,14 +361,21 @@ class BigQueryResponder:
 
     def _job(self, body: dict[str, Any], *, state: str) -> dict[str, Any]:
         self.counter += 1
-        reference = body.get("jobReference") or {"projectId": "starvit-research-test", "jobId": f"job-{self.counter}"}
+        reference = body.get("jobReference") or {
+            "projectId": "starvit-research-test",
+            "jobId": f"job-{self.counter}",
+        }
         job = {
             "kind": "bigquery#job",
             "id": f"{reference['projectId']}:{reference['jobId']}",
             "jobReference": {**reference, "location": "EU"},
             "configuration": body.get("configuration", {}),
             "status": {"state": state},
-            "statistics": {"creationTime": "1764600000000", "startTime": "1764600000100", "endTime": "1764600000200"},
+            "statistics": {
+                "creationTime": "1764600000000",
+                "startTime": "1764600000100",
+                "endTime": "1764600000200",
+            },
         }
         self.jobs[reference["jobId"]] = job
         return job
@@ -346,8 +389,8 @@ class TigerGraphResponder:
     VERSION = (
         "TigerGraph RESTPP: \n --- Version --- \n"
         "TigerGraph version: 4.1.2\n"
-        "product  release_4.1.2_11-06-2024  1b6e1e0b7b4b44a5a2a1c3f2d5c0e9f7a8b6c4d2  2024-11-06 08:00:00 -0700\n"
-        "gle      release_4.1.2_11-06-2024  3c5e9d7a1f2b4c6d8e0a2b4c6d8e0f1a2b3c4d5e  2024-11-06 08:00:00 -0700\n"
+        "product  release_4.1.2_11-06-2024  1b6e1e0b7b4b44a5  2024-11-06 08:00:00 -0700\n"
+        "gle      release_4.1.2_11-06-2024  3c5e9d7a1f2b4c6d  2024-11-06 08:00:00 -0700\n"
     )
 
     def __init__(self) -> None:
@@ -362,22 +405,36 @@ class TigerGraphResponder:
             kind = ex.path.rsplit("/", 1)[1]
             gone = len(self.vertices.pop(kind, {}))
             self.edges = [e for e in self.edges if e[0] in self.vertices.get("Patient", {})]
-            ex.response = {"version": {"edition": "enterprise", "api": "v2", "schema": 0}, "error": False, "message": "", "results": {"v_type": kind, "deleted_vertices": gone}}
+            ex.response = {
+                "version": {"edition": "enterprise", "api": "v2", "schema": 0},
+                "error": False,
+                "message": "",
+                "results": {"v_type": kind, "deleted_vertices": gone},
+            }
             return
         if ex.method == "POST" and ex.path.startswith("/restpp/graph/"):
             accepted_v = accepted_e = 0
             for kind, items in (ex.body.get("vertices") or {}).items():
                 for vid, attrs in items.items():
-                    self.vertices.setdefault(kind, {})[vid] = {k: v["value"] for k, v in attrs.items()}
+                    self.vertices.setdefault(kind, {})[vid] = {
+                        k: v["value"] for k, v in attrs.items()
+                    }
                     accepted_v += 1
             for _src_type, sources in (ex.body.get("edges") or {}).items():
                 for src, by_edge in sources.items():
                     for edge, targets in by_edge.items():
                         for _tgt_type, tgts in targets.items():
                             for tgt, attrs in tgts.items():
-                                self.edges.append((src, edge, tgt, {k: v["value"] for k, v in attrs.items()}))
+                                self.edges.append(
+                                    (src, edge, tgt, {k: v["value"] for k, v in attrs.items()})
+                                )
                                 accepted_e += 1
-            ex.response = {"version": {"edition": "enterprise", "api": "v2", "schema": 0}, "error": False, "message": "", "results": [{"accepted_vertices": accepted_v, "accepted_edges": accepted_e}]}
+            ex.response = {
+                "version": {"edition": "enterprise", "api": "v2", "schema": 0},
+                "error": False,
+                "message": "",
+                "results": [{"accepted_vertices": accepted_v, "accepted_edges": accepted_e}],
+            }
             return
         if ex.method == "POST" and ex.path == "/gsql/v1/queries/interpret":
             text = str(ex.body)
@@ -385,7 +442,12 @@ class TigerGraphResponder:
                 ex.status = 400
                 ex.response = {"error": True, "message": "not an interpreted openCypher query"}
                 return
-            ex.response = {"error": False, "message": "", "version": {"edition": "enterprise", "api": "v2", "schema": 0}, "results": [{"result": self._egfr(text)}]}
+            ex.response = {
+                "error": False,
+                "message": "",
+                "version": {"edition": "enterprise", "api": "v2", "schema": 0},
+                "results": [{"result": self._egfr(text)}],
+            }
             return
         ex.status = 404
         ex.response = {"error": True, "message": f"no route {ex.method} {ex.path}"}
@@ -393,7 +455,11 @@ class TigerGraphResponder:
     def _egfr(self, text: str) -> list[dict[str, Any]]:
         threshold = float(re.search(r"m\.value < ([0-9.]+)", text).group(1))  # type: ignore[union-attr]
         codes = set(re.findall(r"'([0-9]+-[0-9])'", text))
-        low = {s for s, e, t, a in self.edges if e == "MEASURED" and t in codes and float(a["value"]) < threshold}
+        low = {
+            s
+            for s, e, t, a in self.edges
+            if e == "MEASURED" and t in codes and float(a["value"]) < threshold
+        }
         held: dict[str, set[str]] = {}
         for s, e, t, _a in self.edges:
             if e == "HAS_CONDITION" and s in low:

@@ -73,8 +73,12 @@ def synthetic_resources() -> list[dict[str, object]]:
                 "code": {"coding": [{"system": "http://loinc.org", "code": "33914-3"}]},
                 "subject": {"reference": f"Patient/{pid}"},
                 "effectiveDateTime": f"2023-0{1 + i % 9}-15T09:00:00Z",
-                "valueQuantity": {"value": 45.0 if i < 12 else 95.0, "unit": "mL/min/{1.73_m2}",
-                                  "system": "http://unitsofmeasure.org", "code": "mL/min/{1.73_m2}"},
+                "valueQuantity": {
+                    "value": 45.0 if i < 12 else 95.0,
+                    "unit": "mL/min/{1.73_m2}",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "mL/min/{1.73_m2}",
+                },
                 "note": [{"text": f"Cloudfamily{i} fasting"}],
             }
         )
@@ -125,16 +129,15 @@ def test_bigquery_requests_declare_partitioning_and_carry_no_phi() -> None:
     from tests.integration.research_cloud_stub import FIXTURES  # noqa: PLC0415
 
     text = (FIXTURES / "bigquery.json").read_text()
-    assert "Cloudfamily" not in text and "cloud-patient" not in text
+    assert "Cloudfamily" not in text
+    assert "cloud-patient" not in text
     exchanges = json.loads(text)["exchanges"]
     created = [
         e["request"]["body"]
         for e in exchanges
         if e["request"]["method"] == "POST" and e["request"]["path"].endswith("/tables")
     ]
-    partitioning = {
-        b["tableReference"]["tableId"]: b.get("timePartitioning") for b in created
-    }
+    partitioning = {b["tableReference"]["tableId"]: b.get("timePartitioning") for b in created}
     assert partitioning["observation"] == {"type": "DAY", "field": "effective_date"}
     assert partitioning["condition"] == {"type": "DAY", "field": "onset_date"}
     assert partitioning["patient"] == {"type": "DAY"}
@@ -163,7 +166,7 @@ def test_tigergraph_loads_the_graph_and_runs_the_shared_opencypher_query() -> No
                 host="http://127.0.0.1",
                 graph="starvit_research",
                 username="starvit_research",
-                password="fixture-password",  # noqa: S106 - a loopback fixture
+                password="fixture-password",
                 restpp_port=port,
                 gs_port=port,
             )

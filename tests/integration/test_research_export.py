@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
-import psycopg
 import pytest
 import structlog
 
@@ -22,6 +21,7 @@ from app.integrations.medplum import MedplumClient
 from app.observability.logging import configure_logging
 from app.persistence.database import Database, migrate
 from app.research.deid import AllowListDeidentifier, load_policy
+from app.research.graph.ladybug import LadybugGraph
 from app.research.keys import PseudonymKey
 from app.research.repository import ResearchRepository
 from app.research.service import (
@@ -32,7 +32,6 @@ from app.research.service import (
     egfr_comorbidity,
     run_export,
 )
-from app.research.graph.ladybug import LadybugGraph
 from app.research.stores.duckdb import DuckDBStore
 from app.research.views.runner import load_views
 from devtools import synthea
@@ -144,9 +143,7 @@ class Standin:
 
 async def _load(server: DevServer, patients: int | None) -> list[str]:
     async with MedplumClient(synthea.partner_config(server.base_url)) as partner:
-        summary = await synthea.load(
-            partner, patients=patients, drop_unsatisfied_profiles=True
-        )
+        summary = await synthea.load(partner, patients=patients, drop_unsatisfied_profiles=True)
     return [f"Patient/{p}" for p in summary.patient_ids]
 
 
@@ -218,8 +215,7 @@ def duckdb_text(path: Path) -> str:
     try:
         tables = [r[0] for r in conn.execute("SHOW TABLES").fetchall()]
         return "\n".join(
-            json.dumps(conn.execute(f'SELECT * FROM "{t}"').fetchall(), default=str)  # noqa: S608
-            for t in tables
+            json.dumps(conn.execute(f'SELECT * FROM "{t}"').fetchall(), default=str) for t in tables
         )
     finally:
         conn.close()
@@ -240,7 +236,7 @@ def graph_text(graph: LadybugGraph) -> str:
 
 def canary_values() -> list[str]:
     values = list(CANARY.values())
-    return values + [CANARY["ssn"].replace("-", ""), CANARY["phone"].replace("-", "")]
+    return [*values, CANARY["ssn"].replace("-", ""), CANARY["phone"].replace("-", "")]
 
 
 async def test_export_files_tables_graph_and_logs_hold_no_phi(
@@ -264,7 +260,8 @@ async def test_export_files_tables_graph_and_logs_hold_no_phi(
     files = "\n".join(p.read_text() for p in (tmp_path / "exports").rglob("*") if p.is_file())
     tables = duckdb_text(tmp_path / "research.duckdb")
     assert summary.loaded["Patient"] == standin.patient_count == 5
-    assert summary.loaded["Condition"] > 0 and summary.loaded["Observation"] > 0
+    assert summary.loaded["Condition"] > 0
+    assert summary.loaded["Observation"] > 0
     for where, text in {
         "export files": files,
         "DuckDB": tables,
@@ -275,13 +272,17 @@ async def test_export_files_tables_graph_and_logs_hold_no_phi(
             assert value.lower() not in text.lower(), f"{value!r} found in the {where}"
     # the canary's real ids are gone too; only pseudonyms remain
     canary_id = standin.canary.split("/")[1]
-    assert canary_id not in files and canary_id not in tables
+    assert canary_id not in files
+    assert canary_id not in tables
     # and what is kept is there: the canary's ZIP3 (823 is a restricted area: 000), its
     # state, its birth year collapsed only to a year, the glucose value
-    canary_row = duckdb.connect(str(tmp_path / "research.duckdb"), read_only=True).execute(
-        "SELECT gender, zip3, state, birth_year FROM patient WHERE zip3 = '000'"
-    ).fetchall()
-    assert canary_row and canary_row[0][:3] == ("female", "000", "WY")
+    canary_row = (
+        duckdb.connect(str(tmp_path / "research.duckdb"), read_only=True)
+        .execute("SELECT gender, zip3, state, birth_year FROM patient WHERE zip3 = '000'")
+        .fetchall()
+    )
+    assert canary_row
+    assert canary_row[0][:3] == ("female", "000", "WY")
     assert abs(int(canary_row[0][3]) - 1961) <= 1
     manifest = json.loads((summary.export_dir / "manifest.json").read_text())
     assert manifest["key_version"] == "k1"
@@ -300,7 +301,8 @@ async def test_a_rerun_fetches_only_what_changed(
     try:
         first = await export(standin, repository, zone)
         again = await export(standin, repository, zone)
-        assert first.full_refresh and not again.full_refresh
+        assert first.full_refresh
+        assert not again.full_refresh
         assert sum(first.fetched.values()) > 50  # several pages
         assert sum(again.fetched.values()) == 0
         patient = standin.patients[0]
@@ -375,7 +377,8 @@ async def test_pseudonyms_are_stable_under_one_key_and_change_with_the_next(
         zone.close()
     assert first == same
     assert rotated.full_refresh  # a new key starts the target afresh
-    assert len(second) == len(first) and not set(second) & set(first)
+    assert len(second) == len(first)
+    assert not set(second) & set(first)
     records = await repository.exports()
     assert [r.key_version for r in records] == ["k2", "k1", "k1"]
 
@@ -394,9 +397,11 @@ async def test_aggregates_and_the_graph_query_answer_from_the_export(
     # five patients: every cell and the total are small, so all are withheld
     assert table.total is None
     assert all(c.count in (None, 0) for c in table.cells)
-    assert population is None and all(c.count is None for c in cells)
+    assert population is None
+    assert all(c.count is None for c in cells)
     # the graph answered (pairs exist among patients with any eGFR), all of them small
-    assert pairs == [] and withheld >= 0
+    assert pairs == []
+    assert withheld >= 0
 
 
 def test_key_material_is_base64_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -405,7 +410,8 @@ def test_key_material_is_base64_in_the_environment(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("STARVIT_RESEARCH_KEY", base64.b64encode(b"x" * 32).decode())
     monkeypatch.setenv("STARVIT_RESEARCH_KEY_VERSION", "2026-12")
     key = EnvironmentSecretStore().current_key()
-    assert key.version == "2026-12" and "x" not in repr(key)
+    assert key.version == "2026-12"
+    assert "x" not in repr(key)
 
 
 async def test_the_whole_shipped_population_runs_through(
@@ -448,7 +454,7 @@ async def test_the_whole_shipped_population_runs_through(
                         deidentifier=deid(),
                     )
                 counts = {
-                    name: zone.store.query(f"SELECT COUNT(*) FROM {{{name}}}")[0][0]  # noqa: S608
+                    name: zone.store.query(f"SELECT COUNT(*) FROM {{{name}}}")[0][0]
                     for name in ("patient", "condition", "observation")
                 }
                 pairs, _withheld = egfr_comorbidity(zone.graph, threshold=60.0)
@@ -470,5 +476,6 @@ async def test_the_whole_shipped_population_runs_through(
     }
     assert sum(again.fetched.values()) == 0
     assert ("Observation", expected["Observation"]) in lines  # the progress total
-    assert summary.risk is not None and summary.risk.patients == 21
+    assert summary.risk is not None
+    assert summary.risk.patients == 21
     del pairs

@@ -13,20 +13,25 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, cast
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol, cast
 
 from google.api_core.exceptions import NotFound
 from google.cloud import bigquery
 
 from app.research.stores import Param, Record, StoreState, render_tables, table_names
-from app.research.views.runner import ColumnType, Row, ViewDefinition
+from app.research.views.runner import Cell, ColumnType, Row, ViewDefinition
 
 if TYPE_CHECKING:
     from google.cloud.bigquery.query import (
         ArrayQueryParameter,
         ScalarQueryParameter,
     )
+
+
+class _ResultRow(Protocol):
+    def values(self) -> Sequence[object]: ...
+
 
 BQ_TYPES: dict[ColumnType, str] = {
     "string": "STRING",
@@ -65,7 +70,9 @@ def _parameter(name: str, value: Param) -> ScalarQueryParameter | ArrayQueryPara
 
 
 class BigQueryStore:
-    def __init__(self, client: bigquery.Client, dataset: str, *, location: str | None = None) -> None:
+    def __init__(
+        self, client: bigquery.Client, dataset: str, *, location: str | None = None
+    ) -> None:
         if not _DATASET.match(dataset):
             raise ValueError("the BigQuery dataset must be given as <project>.<dataset>")
         self._client = client
@@ -84,7 +91,8 @@ class BigQueryStore:
             query_parameters=[_parameter(k, v) for k, v in (params or {}).items()]
         )
         job = self._client.query(sql, job_config=config, location=self._location)
-        return [tuple(cast("Sequence[object]", row.values())) for row in job.result()]  # pyright: ignore[reportReturnType]
+        rows = cast("Iterable[_ResultRow]", job.result())
+        return [tuple(cast("Sequence[Cell]", row.values())) for row in rows]
 
     def state(self) -> StoreState | None:
         try:
@@ -121,7 +129,9 @@ class BigQueryStore:
             {"key_version": state.key_version, "config_hash": state.config_hash},
         )
 
-    def replace(self, view: ViewDefinition, resource_ids: Sequence[str], rows: Sequence[Row]) -> None:
+    def replace(
+        self, view: ViewDefinition, resource_ids: Sequence[str], rows: Sequence[Row]
+    ) -> None:
         table = self._table(view.name)
         names = [name for name, _ in view.columns]
         script = [f"DELETE FROM `{table}` WHERE id IN UNNEST(@ids);"]  # noqa: S608 - validated

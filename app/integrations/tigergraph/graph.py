@@ -74,17 +74,18 @@ def return_columns(cypher: str) -> tuple[str, ...]:
 
 def _rows(answer: object, columns: tuple[str, ...]) -> list[tuple[GraphValue, ...]]:
     """Rows of an interpreted query's ``results``: the first list of objects found in them."""
-    results = answer if isinstance(answer, list) else []
-    for item in cast("list[object]", results):
+    results: list[object] = cast("list[object]", answer) if isinstance(answer, list) else []
+    for item in results:
         if not isinstance(item, dict):
             continue
         for value in cast("dict[str, object]", item).values():
             if isinstance(value, list):
-                records = [r for r in cast("list[object]", value) if isinstance(r, dict)]
-                return [
-                    tuple(cast("GraphValue", cast("dict[str, object]", r).get(c)) for c in columns)
-                    for r in records
+                records: list[dict[str, object]] = [
+                    cast("dict[str, object]", r)
+                    for r in cast("list[object]", value)
+                    if isinstance(r, dict)
                 ]
+                return [tuple(cast("GraphValue", r.get(c)) for c in columns) for r in records]
     return []
 
 
@@ -107,7 +108,14 @@ class TigerGraphStore:
         self._vertices(
             "Patient",
             [
-                (p.id, {"gender": p.gender or "", "birth_year": p.birth_year or 0, "zip3": p.zip3 or ""})
+                (
+                    p.id,
+                    {
+                        "gender": p.gender or "",
+                        "birth_year": p.birth_year or 0,
+                        "zip3": p.zip3 or "",
+                    },
+                )
                 for p in data.patients
             ],
         )
@@ -122,12 +130,18 @@ class TigerGraphStore:
             "Feature",
             "MEASURED",
             [
-                (m.patient, m.feature, {"value": m.value, "unit": m.unit or "", "date": m.date or ""})
+                (
+                    m.patient,
+                    m.feature,
+                    {"value": m.value, "unit": m.unit or "", "date": m.date or ""},
+                )
                 for m in data.measured
             ],
         )
 
-    def _vertices(self, vertex_type: str, vertices: Sequence[tuple[str, dict[str, object]]]) -> None:
+    def _vertices(
+        self, vertex_type: str, vertices: Sequence[tuple[str, dict[str, object]]]
+    ) -> None:
         for start in range(0, len(vertices), BATCH):
             self._conn.upsertVertices(vertex_type, list(vertices[start : start + BATCH]))  # pyright: ignore[reportUnknownMemberType]
 
@@ -151,7 +165,7 @@ class TigerGraphStore:
                 self._conn.upsertEdges("Patient", edge, target, chunk)  # pyright: ignore[reportUnknownMemberType]
 
     def run(self, cypher: str, params: Mapping[str, GraphValue]) -> GraphResult:
-        answer: object = self._conn.runInterpretedQuery(interpreted(cypher, params))  # pyright: ignore[reportUnknownMemberType]
+        answer = cast("object", self._conn.runInterpretedQuery(interpreted(cypher, params)))  # pyright: ignore[reportUnknownMemberType]
         columns = return_columns(cypher)
         return GraphResult(columns, _rows(answer, columns))
 

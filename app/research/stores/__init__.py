@@ -40,7 +40,9 @@ class AnalyticsStore(Protocol):
         """Drop and create every view's table, empty, and record ``state``."""
         ...
 
-    def replace(self, view: ViewDefinition, resource_ids: Sequence[str], rows: Sequence[Row]) -> None:
+    def replace(
+        self, view: ViewDefinition, resource_ids: Sequence[str], rows: Sequence[Row]
+    ) -> None:
         """Delete the rows of ``resource_ids`` and insert ``rows`` (those resources' new rows)."""
         ...
 

@@ -53,14 +53,18 @@ class DuckDBStore:
             columns = ", ".join(f'"{name}" {SQL_TYPES[kind]}' for name, kind in view.columns)
             self._conn.execute(f'DROP TABLE IF EXISTS "{view.name}"')
             self._conn.execute(f'CREATE TABLE "{view.name}" ({columns})')
-        self._conn.execute(f"CREATE OR REPLACE TABLE {_STATE_TABLE} (key_version VARCHAR, config_hash VARCHAR)")
+        self._conn.execute(
+            f"CREATE OR REPLACE TABLE {_STATE_TABLE} (key_version VARCHAR, config_hash VARCHAR)"
+        )
         self._conn.execute(
             f"INSERT INTO {_STATE_TABLE} VALUES (?, ?)",  # noqa: S608 - constant
             [state.key_version, state.config_hash],
         )
         self._conn.execute("COMMIT")
 
-    def replace(self, view: ViewDefinition, resource_ids: Sequence[str], rows: Sequence[Row]) -> None:
+    def replace(
+        self, view: ViewDefinition, resource_ids: Sequence[str], rows: Sequence[Row]
+    ) -> None:
         names = [name for name, _ in view.columns]
         self._conn.execute("BEGIN")
         if resource_ids:

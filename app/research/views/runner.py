@@ -50,14 +50,14 @@ def _get_reference_key(inputs: list[object], type_info: object = None) -> list[o
         if not isinstance(item, dict):
             continue
         reference = cast("dict[str, object]", item).get("reference")
-        if isinstance(reference, str) and (m := _REFERENCE.match(reference)):
-            if wanted is None or m.group(1) == wanted:
-                keys.append(m.group(2))
+        m = _REFERENCE.match(reference) if isinstance(reference, str) else None
+        if m is not None and (wanted is None or m.group(1) == wanted):
+            keys.append(m.group(2))
     return keys
 
 
-_FUNCTIONS = {
-    "getResourceKey": {"fn": _get_resource_key, "arity": {0: []}},
+_FUNCTIONS: dict[str, dict[str, object]] = {
+    "getResourceKey": {"fn": _get_resource_key, "arity": {0: list[str]()}},
     "getReferenceKey": {"fn": _get_reference_key, "arity": {0: [], 1: ["TypeSpecifier"]}},
 }
 
@@ -185,9 +185,7 @@ def _parse_select(raw: object) -> Select:
             raise ViewDefinitionError("a column needs a name and a path")
         if kind not in ("string", "integer", "decimal", "boolean", "date"):
             raise ViewDefinitionError(f"column {name}: unsupported type {kind!r}")
-        columns.append(
-            Column(name, _compile(path), cast("ColumnType", kind), c.get("collection") is True)
-        )
+        columns.append(Column(name, _compile(path), kind, c.get("collection") is True))
     for_each = doc.get("forEach")
     or_null = doc.get("forEachOrNull")
     if for_each is not None and or_null is not None:
@@ -204,7 +202,7 @@ def _parse_select(raw: object) -> Select:
 
 
 def _column_types(select: Select) -> list[tuple[str, ColumnType]]:
-    out = [(c.name, c.type) for c in select.columns]
+    out: list[tuple[str, ColumnType]] = [(c.name, c.type) for c in select.columns]
     for sub in select.selects:
         out.extend(_column_types(sub))
     return out
@@ -224,7 +222,7 @@ def parse_view(document: JSONObject) -> ViewDefinition:
     if not isinstance(resource, str):
         raise ViewDefinitionError(f"view {name} needs a resource")
     constants = {
-        str(c.get("name")): _constant_value(cast("dict[str, object]", c))
+        str(c.get("name")): _constant_value(c)
         for c in cast("list[dict[str, object]]", document.get("constant") or [])
     }
     where = tuple(

@@ -44,8 +44,15 @@ def populate(directory: Path) -> None:
         [("female", 1972)] * 14 + [("male", 1975)] * 12 + [("male", 1984)] * 3 + [("female", 1981)]
     )
     patients = [
-        {"id": f"p{i}", "gender": g, "birth_year": y, "age_90_or_older": False, "deceased": False,
-         "zip3": "021", "state": "MA"}
+        {
+            "id": f"p{i}",
+            "gender": g,
+            "birth_year": y,
+            "age_90_or_older": False,
+            "deceased": False,
+            "zip3": "021",
+            "state": "MA",
+        }
         for i, (g, y) in enumerate(people)
     ]
     store.replace(views["patient"], [], patients)  # pyright: ignore[reportArgumentType]
@@ -72,8 +79,16 @@ def populate(directory: Path) -> None:
 
 def token_for(private: Any, base_url: str, *, profile: str, aud: str = RESEARCH_APP) -> str:
     now = int(time.time())
-    claims = {"iss": base_url, "aud": aud, "sub": profile.split("/")[1], "client_id": aud,
-              "profile": profile, "scope": "openid", "iat": now, "exp": now + 600}
+    claims = {
+        "iss": base_url,
+        "aud": aud,
+        "sub": profile.split("/")[1],
+        "client_id": aud,
+        "profile": profile,
+        "scope": "openid",
+        "iat": now,
+        "exp": now + 600,
+    }
     return jwt.encode(claims, private, algorithm="ES256", headers={"kid": "k1"})
 
 
@@ -119,7 +134,9 @@ async def test_a_researcher_reads_suppressed_demographics(
     ]
     assert not any(n is not None and 0 < n < 11 for n in published)
     audit = [e for e in logs.events() if e.get("event") == "research_aggregate_read"]
-    assert audit and audit[0]["profile"] == RAVI and audit[0]["aggregate"] == "demographics"
+    assert audit
+    assert audit[0]["profile"] == RAVI
+    assert audit[0]["aggregate"] == "demographics"
 
 
 async def test_conditions_hide_small_counts_and_small_complements(
@@ -156,7 +173,8 @@ async def test_the_graph_query_answers_with_small_pairs_withheld(
     body = answer.json()
     assert body["pairs"] == [{"condition_a": "A", "condition_b": "B", "patients": 15}]
     assert body["withheld_pairs"] == 2  # A-C and B-C: 5 patients each
-    assert bad.status_code == 422 and bad.json()["error_code"] == "validation_error"
+    assert bad.status_code == 422
+    assert bad.json()["error_code"] == "validation_error"
 
 
 async def test_only_researchers_get_in(
@@ -173,8 +191,10 @@ async def test_only_researchers_get_in(
         wrong_app = await client.get(
             "/v1/research/conditions", headers={"Authorization": f"Bearer {foreign}"}
         )
-    assert missing.status_code == 401 and missing.json()["error_code"] == "unauthenticated"
-    assert refused.status_code == 403 and refused.json()["error_code"] == "forbidden"
+    assert missing.status_code == 401
+    assert missing.json()["error_code"] == "unauthenticated"
+    assert refused.status_code == 403
+    assert refused.json()["error_code"] == "forbidden"
     assert "correlation_id" in refused.json()
     assert wrong_app.status_code == 401
     assert wrong_app.json()["details"] == {"reason": "token_audience"}
@@ -188,7 +208,9 @@ async def test_a_researcher_is_rate_limited(
     built.state.research_rate_limit = SubjectRateLimit(5, clock=lambda: 6_000_030.0)
     async with serve(built) as client:
         answers = [
-            await client.get("/v1/research/conditions", headers={"Authorization": f"Bearer {token}"})
+            await client.get(
+                "/v1/research/conditions", headers={"Authorization": f"Bearer {token}"}
+            )
             for _ in range(7)
         ]
     statuses = [a.status_code for a in answers]

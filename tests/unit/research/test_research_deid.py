@@ -40,7 +40,9 @@ def patient(**extra: Any) -> dict[str, Any]:
         "telecom": [{"system": "phone", "value": "555-1234"}],
         "gender": "female",
         "birthDate": "1980-06-15",
-        "address": [{"line": ["1 Main St"], "city": "Boston", "state": "MA", "postalCode": "02139"}],
+        "address": [
+            {"line": ["1 Main St"], "city": "Boston", "state": "MA", "postalCode": "02139"}
+        ],
         "text": {"status": "generated", "div": "<div>Jane Doe</div>"},
         **extra,
     }
@@ -138,10 +140,12 @@ def test_one_shift_per_patient_keeps_intervals() -> None:
     shift = names.shift_days(names.pseudonym("Patient", "p-1"))
     a = shift_date("2020-01-01", shift)
     b = shift_date("2020-03-01", shift)
-    assert a and b
+    assert a
+    assert b
     assert (date.fromisoformat(b) - date.fromisoformat(a)).days == 60
     shifts = {names.shift_days(names.pseudonym("Patient", f"p-{i}")) for i in range(50)}
-    assert len(shifts) > 40 and 0 not in shifts
+    assert len(shifts) > 40
+    assert 0 not in shifts
     assert all(-365 <= s <= 365 for s in shifts)
 
 
@@ -175,4 +179,5 @@ def test_shifting_keeps_precision_and_time(day: date, shift: int, time: str) -> 
     assert shifted.endswith(time)
     assert (date.fromisoformat(shifted[:10]) - day).days == shift
     month = shift_date(day.isoformat()[:7], shift)
-    assert month is not None and len(month) == 7
+    assert month is not None
+    assert len(month) == 7

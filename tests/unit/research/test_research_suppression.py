@@ -31,7 +31,8 @@ def test_a_single_small_cell_takes_its_smallest_neighbour_with_it() -> None:
 
 def test_a_small_total_hides_everything_in_prevalence() -> None:
     cells, population = prevalence({"a": 5, "b": 7}, 9)
-    assert population is None and all(c.count is None for c in cells)
+    assert population is None
+    assert all(c.count is None for c in cells)
     cells, population = prevalence({"common": 48, "rare": 4, "mid": 20}, 50)
     assert {c.key[0]: c.count for c in cells} == {"common": None, "mid": 20, "rare": None}
 
@@ -51,9 +52,11 @@ def test_no_published_count_is_small_or_derivable(counts: dict[tuple[str, str], 
         columns[c] += n
     total = sum(counts.values())
     table = two_way(("r", "c"), counts, rows, columns, total)
-    published = [c.count for c in table.cells] + [
-        c.count for cells in table.margins.values() for c in cells
-    ] + [table.total]
+    published = (
+        [c.count for c in table.cells]
+        + [c.count for cells in table.margins.values() for c in cells]
+        + [table.total]
+    )
     assert not any(n is not None and 0 < n < MIN_CELL for n in published)
     shown: dict[object, int | None] = {("cell", *c.key): c.count for c in table.cells}
     shown.update({("row", c.key[0]): c.count for c in table.margins["r"]})

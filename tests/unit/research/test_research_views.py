@@ -45,7 +45,11 @@ def test_select_foreach_or_null_where_and_constants() -> None:
     }
     rows = view.run(
         [
-            {**base, "id": "a", "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]}},
+            {
+                **base,
+                "id": "a",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+            },
             {**base, "id": "b", "code": {"coding": [{"system": "urn:other", "code": "x"}]}},
             {**base, "id": "c", "status": "preliminary"},
             {**base, "id": "d", "component": []},
@@ -62,36 +66,57 @@ def test_select_foreach_or_null_where_and_constants() -> None:
 
 def test_unsupported_features_and_ambiguous_columns_are_refused() -> None:
     with pytest.raises(ViewDefinitionError, match="unionAll"):
-        parse_view(
-            {"name": "v", "resource": "Patient", "select": [{"unionAll": [], "column": []}]}
-        )
+        parse_view({"name": "v", "resource": "Patient", "select": [{"unionAll": [], "column": []}]})
     view = parse_view(
         {
             "name": "v",
             "resource": "Patient",
-            "select": [{"column": [{"name": "id", "path": "id"}, {"name": "n", "path": "name.family"}]}],
+            "select": [
+                {"column": [{"name": "id", "path": "id"}, {"name": "n", "path": "name.family"}]}
+            ],
         }
     )
     with pytest.raises(ViewDefinitionError, match="several values"):
-        view.run([{"resourceType": "Patient", "id": "x", "name": [{"family": "a"}, {"family": "b"}]}])
+        view.run(
+            [{"resourceType": "Patient", "id": "x", "name": [{"family": "a"}, {"family": "b"}]}]
+        )
 
 
 def test_the_shipped_views_load_and_start_with_the_resource_key() -> None:
     views = {v.name: v for v in load_views()}
-    assert set(views) == {"patient", "observation", "observation_component", "condition", "derived_metric"}
+    assert set(views) == {
+        "patient",
+        "observation",
+        "observation_component",
+        "condition",
+        "derived_metric",
+    }
     assert all(v.columns[0] == ("id", "string") for v in views.values())
     derived = views["derived_metric"].run(
         [
             {
                 "resourceType": "Observation",
                 "id": "m1",
-                "meta": {"tag": [{"system": "https://fhir.starvit.health/CodeSystem/tags", "code": "starvit-generated"}]},
+                "meta": {
+                    "tag": [
+                        {
+                            "system": "https://fhir.starvit.health/CodeSystem/tags",
+                            "code": "starvit-generated",
+                        }
+                    ]
+                },
                 "status": "preliminary",
                 "code": {"coding": [{"code": "62238-1"}]},
                 "subject": {"reference": "Patient/p"},
-                "device": {"identifier": {"system": "https://fhir.starvit.health/sid/bot", "value": "egfr@2.0.0"}},
+                "device": {
+                    "identifier": {
+                        "system": "https://fhir.starvit.health/sid/bot",
+                        "value": "egfr@2.0.0",
+                    }
+                },
                 "valueQuantity": {"value": 48, "code": "mL/min/{1.73_m2}"},
             }
         ]
     )
-    assert derived[0]["bot"] == "egfr@2.0.0" and derived[0]["value"] == 48.0
+    assert derived[0]["bot"] == "egfr@2.0.0"
+    assert derived[0]["value"] == 48.0
