@@ -301,7 +301,9 @@ async def _export_type(
     since = (
         Since(checkpoint.last_updated, frozenset(checkpoint.boundary_ids)) if checkpoint else None
     )
-    progress.begin(resource_type, await count_changed(medplum, resource_type, since))
+    # the count includes the boundary resources the previous export already loaded
+    changed = await count_changed(medplum, resource_type, since)
+    progress.begin(resource_type, max(0, changed - (len(since.boundary_ids) if since else 0)))
     views = [v for v in zone.views if v.resource == resource_type]
     names = deidentifier.pseudonyms
     ndjson = summary.export_dir / f"{resource_type}.ndjson"

@@ -161,7 +161,7 @@ async def test_a_release_0_1_0_database_upgrades_keeping_its_rows(
             " interaction, source) VALUES ('bmi', 'Observation', 'o1', '1', 'update', 'sweep')"
         )
     assert err.value.diag.constraint_name == "event_keys_unique"
-    assert await current_revision(database_url) == head_revision() == "0003"
+    assert await current_revision(database_url) == head_revision() == "0008_research"
     assert scalar(database_url, "SELECT to_regclass('starvit.alembic_version') IS NOT NULL")
     assert scalar(database_url, "SELECT to_regclass('public.alembic_version') IS NULL")
     assert scalar(database_url, "SELECT to_regclass('procrastinate_jobs') IS NOT NULL")

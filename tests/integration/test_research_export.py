@@ -447,12 +447,14 @@ async def test_the_whole_shipped_population_runs_through(
                         deidentifier=deid(),
                         progress=Progress(),
                     )
+                    searches = service.request_count.get("search", 0)
                     again = await run_export(
                         medplum=service,
                         repository=ResearchRepository(database.pool),
                         zone=zone,
                         deidentifier=deid(),
                     )
+                    rerun_searches = service.request_count.get("search", 0) - searches
                 counts = {
                     name: zone.store.query(f"SELECT COUNT(*) FROM {{{name}}}")[0][0]
                     for name in ("patient", "condition", "observation")
@@ -475,6 +477,9 @@ async def test_the_whole_shipped_population_runs_through(
         "observation": expected["Observation"],
     }
     assert sum(again.fetched.values()) == 0
+    # a count and ceil(n / 500) pages per type; a count and one empty page on the rerun
+    assert searches == 3 + 1 + 1 + (expected["Observation"] + 499) // 500
+    assert rerun_searches == 6
     assert ("Observation", expected["Observation"]) in lines  # the progress total
     assert summary.risk is not None
     assert summary.risk.patients == 21

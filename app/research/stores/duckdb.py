@@ -21,6 +21,7 @@ SQL_TYPES: dict[ColumnType, str] = {
 _PARAM = re.compile(r"@([a-z_][a-z0-9_]*)")
 _IN_UNNEST = re.compile(r"IN UNNEST\(@([a-z_][a-z0-9_]*)\)")
 _STATE_TABLE = "export_state"
+_ROWS_PER_INSERT = 200
 
 
 class DuckDBStore:
@@ -72,11 +73,13 @@ class DuckDBStore:
                 f'DELETE FROM "{view.name}" WHERE id IN (SELECT unnest(?::VARCHAR[]))',  # noqa: S608 - view names are validated
                 [list(resource_ids)],
             )
-        if rows:
-            placeholders = ", ".join("?" for _ in names)
-            self._conn.executemany(
-                f'INSERT INTO "{view.name}" VALUES ({placeholders})',  # noqa: S608 - validated
-                [[row.get(n) for n in names] for row in rows],
+        # multi-row VALUES in chunks: DuckDB's executemany runs one statement per row
+        one = "(" + ", ".join("?" for _ in names) + ")"
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[start : start + _ROWS_PER_INSERT]
+            self._conn.execute(
+                f'INSERT INTO "{view.name}" VALUES {", ".join(one for _ in chunk)}',  # noqa: S608 - validated
+                [row.get(n) for row in chunk for n in names],
             )
         self._conn.execute("COMMIT")
 
