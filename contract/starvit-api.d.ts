@@ -55,10 +55,121 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/research/conditions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Patients per condition (small cells and small complements suppressed) */
+        get: operations["conditions_v1_research_conditions_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/research/demographics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Patients by sex and birth decade (small cells suppressed) */
+        get: operations["demographics_v1_research_demographics_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/research/exports": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Recent exports with their key version, configuration hash and risk report */
+        get: operations["exports_v1_research_exports_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/research/graph/egfr-comorbidity": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Conditions co-occurring among patients with a low eGFR (from the graph) */
+        get: operations["egfr_comorbidity_v1_research_graph_egfr_comorbidity_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** Cooccurrence */
+        Cooccurrence: {
+            /** Condition A */
+            condition_a: string;
+            /** Condition B */
+            condition_b: string;
+            /** Patients */
+            patients: number;
+        };
+        /** CountCell */
+        CountCell: {
+            /**
+             * Count
+             * @description Patients; null when withheld (1 to 10, or derivable).
+             */
+            count: number | null;
+            /**
+             * Key
+             * @description The cell's category values, one per dimension.
+             */
+            key: string[];
+        };
+        /** CrossTable */
+        CrossTable: {
+            /** Cells */
+            cells: components["schemas"]["CountCell"][];
+            /** Dimensions */
+            dimensions: string[];
+            /**
+             * Margins
+             * @description Per dimension, its totals over the other dimension.
+             */
+            margins: {
+                [key: string]: components["schemas"]["CountCell"][];
+            };
+            /**
+             * Min Cell
+             * @default 11
+             */
+            min_cell: number;
+            /** Total */
+            total: number | null;
+        };
         /** DependencyCheck */
         DependencyCheck: {
             /** Error Code */
@@ -67,6 +178,26 @@ export interface components {
             name: string;
             /** Ok */
             ok: boolean;
+        };
+        /** EgfrComorbidity */
+        EgfrComorbidity: {
+            /**
+             * Min Cell
+             * @default 11
+             */
+            min_cell: number;
+            /**
+             * Pairs
+             * @description Condition pairs held together by patients with an eGFR below the threshold.
+             */
+            pairs: components["schemas"]["Cooccurrence"][];
+            /** Threshold */
+            threshold: number;
+            /**
+             * Withheld Pairs
+             * @description Pairs held by fewer than 11 patients.
+             */
+            withheld_pairs: number;
         };
         /** ErrorEnvelope */
         ErrorEnvelope: {
@@ -94,6 +225,38 @@ export interface components {
              */
             message: string;
         };
+        /** ExportInfo */
+        ExportInfo: {
+            /** Config Hash */
+            config_hash: string;
+            /** Finished At */
+            finished_at: string | null;
+            /** Full Refresh */
+            full_refresh: boolean;
+            /** Id */
+            id: number;
+            /** Key Version */
+            key_version: string;
+            /** Loaded */
+            loaded: {
+                [key: string]: number;
+            };
+            /** Policy Version */
+            policy_version: string;
+            /** Risk */
+            risk: {
+                [key: string]: unknown;
+            } | null;
+            /** Started At */
+            started_at: string;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "running" | "succeeded" | "failed";
+            /** Zip3 Version */
+            zip3_version: string;
+        };
         /** Health */
         Health: {
             /**
@@ -120,6 +283,24 @@ export interface components {
              * @enum {string}
              */
             status: "accepted" | "duplicate" | "ignored";
+        };
+        /** Prevalence */
+        Prevalence: {
+            /**
+             * Conditions
+             * @description Patients per condition code (SNOMED CT).
+             */
+            conditions: components["schemas"]["CountCell"][];
+            /**
+             * Min Cell
+             * @default 11
+             */
+            min_cell: number;
+            /**
+             * Population
+             * @description Patients in the analytics store.
+             */
+            population: number | null;
         };
         /** Readiness */
         Readiness: {
@@ -308,6 +489,307 @@ export interface operations {
             };
             /** @description Unsupported media type */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Rate limited */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A dependency is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    conditions_v1_research_conditions_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Prevalence"];
+                };
+            };
+            /** @description Unauthenticated or bad signature */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description The caller does not hold the researcher role */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Rate limited */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A dependency is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    demographics_v1_research_demographics_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CrossTable"];
+                };
+            };
+            /** @description Unauthenticated or bad signature */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description The caller does not hold the researcher role */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Rate limited */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A dependency is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    exports_v1_research_exports_get: {
+        parameters: {
+            query?: {
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ExportInfo"][];
+                };
+            };
+            /** @description Unauthenticated or bad signature */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description The caller does not hold the researcher role */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Rate limited */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A dependency is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    egfr_comorbidity_v1_research_graph_egfr_comorbidity_get: {
+        parameters: {
+            query?: {
+                /** @description eGFR threshold, mL/min/1.73 m² */
+                threshold?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EgfrComorbidity"];
+                };
+            };
+            /** @description Unauthenticated or bad signature */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description The caller does not hold the researcher role */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Validation error */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
