@@ -134,6 +134,8 @@ def fixture_server(
     path = FIXTURES / f"{name}.json"
     problems: list[str] = []
     exchanges: list[dict[str, Any]] = []
+    recorded: list[dict[str, Any]] = []
+    position = [0]
     lock = threading.Lock()
     if record:
         respond = responder()
@@ -153,8 +155,7 @@ def fixture_server(
                     }
                 )
     else:
-        recorded: list[dict[str, Any]] = json.loads(path.read_text())["exchanges"]
-        position = [0]
+        recorded = json.loads(path.read_text())["exchanges"]
 
         def handle(exchange: Exchange) -> None:
             with lock:

@@ -368,11 +368,11 @@ async def test_pseudonyms_are_stable_under_one_key_and_change_with_the_next(
     zone = zone_in(tmp_path)
     try:
         await export(standin, repository, zone)
-        first = sorted(r[0] for r in zone.store.query("SELECT id FROM {patient}"))
+        first = sorted(str(r[0]) for r in zone.store.query("SELECT id FROM {patient}"))
         await export(standin, repository, zone, full=True)
-        same = sorted(r[0] for r in zone.store.query("SELECT id FROM {patient}"))
+        same = sorted(str(r[0]) for r in zone.store.query("SELECT id FROM {patient}"))
         rotated = await export(standin, repository, zone, key=KEY_2)
-        second = sorted(r[0] for r in zone.store.query("SELECT id FROM {patient}"))
+        second = sorted(str(r[0]) for r in zone.store.query("SELECT id FROM {patient}"))
     finally:
         zone.close()
     assert first == same

@@ -120,3 +120,50 @@ def test_the_shipped_views_load_and_start_with_the_resource_key() -> None:
     )
     assert derived[0]["bot"] == "egfr@2.0.0"
     assert derived[0]["value"] == 48.0
+
+
+def test_a_bots_result_survives_de_identification_into_the_derived_metric_view() -> None:
+    from app.botkit.identifiers import BOT_DEVICE_SYSTEM, PROPOSAL_SYSTEM, tag  # noqa: PLC0415
+    from app.research.deid import AllowListDeidentifier, Deidentified, load_policy  # noqa: PLC0415
+    from app.research.keys import PseudonymKey  # noqa: PLC0415
+
+    # the shape app.botkit.resources.observation writes
+    proposal = {
+        "resourceType": "Observation",
+        "id": "egfr-1",
+        "meta": {"tag": [tag()]},
+        "identifier": [{"system": PROPOSAL_SYSTEM, "value": "key-1"}],
+        "status": "preliminary",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "62238-1", "display": "eGFR"}]},
+        "subject": {"reference": "Patient/p-7"},
+        "effectiveDateTime": "2025-02-03T10:00:00+00:00",
+        "derivedFrom": [{"reference": "Observation/creatinine-1"}],
+        "device": {
+            "type": "Device",
+            "identifier": {"system": BOT_DEVICE_SYSTEM, "value": "egfr@2.1.0"},
+            "display": "Starvit bot egfr 2.1.0",
+        },
+        "valueQuantity": {
+            "value": 52,
+            "unit": "mL/min/{1.73_m2}",
+            "system": "http://unitsofmeasure.org",
+            "code": "mL/min/{1.73_m2}",
+        },
+        "interpretation": [{"text": "G3a"}],
+    }
+    engine = AllowListDeidentifier(load_policy(), PseudonymKey("v1", b"k" * 32))
+    outcome = engine.deidentify(proposal)
+    assert isinstance(outcome, Deidentified)
+    views = {v.name: v for v in load_views()}
+    rows = views["derived_metric"].run([outcome.resource])
+    assert views["observation"].run([outcome.resource]) == []  # not counted as a measurement
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["bot"] == "egfr@2.1.0"
+    assert row["status"] == "preliminary"
+    assert row["value"] == 52.0
+    assert row["patient_id"] == engine.pseudonyms.pseudonym("Patient", "p-7")
+    assert "identifier" not in outcome.resource
+    assert outcome.resource["derivedFrom"] == [
+        {"reference": f"Observation/{engine.pseudonyms.pseudonym('Observation', 'creatinine-1')}"}
+    ]
