@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import httpx
 import pytest
 import structlog
 
-from app.integrations.medplum import MedplumClient
+from app.integrations.medplum import MedplumClient, MedplumClientConfig, MedplumUnavailable
 from app.observability.logging import configure_logging
 from app.persistence.database import Database, migrate
 from app.research.deid import AllowListDeidentifier, load_policy
@@ -491,3 +492,55 @@ async def test_the_whole_shipped_population_runs_through(
     assert max(int(str(row[2])) for row in raw.rows) <= 5
     assert pairs == []
     assert withheld == len(raw.rows)
+
+
+async def test_an_interrupted_export_resumes_from_its_last_loaded_page(
+    standin: Standin, repository: ResearchRepository, tmp_path: Path
+) -> None:
+    zone = zone_in(tmp_path)
+    config = MedplumClientConfig(
+        base_url=standin.server.base_url,
+        client_id=SERVICE_CLIENT_ID,
+        client_secret=SERVICE_CLIENT_SECRET,
+        max_attempts=1,  # no retry: the injected failure ends the export
+    )
+    total = (await standin.service.search("Observation", {"_count": 0, "_total": "accurate"})).total
+    assert total is not None
+    assert total > 150
+    try:
+        async with MedplumClient(config) as once:
+            # the count and two pages of 50 Observations succeed, the third page fails
+            await _fault(standin.server, status=503, pathPattern="^/fhir/R4/Observation", skip=3)
+            with pytest.raises(MedplumUnavailable):
+                await run_export(
+                    medplum=once,
+                    repository=repository,
+                    zone=zone,
+                    deidentifier=deid(),
+                    page_size=50,
+                )
+        loaded = zone.store.query("SELECT COUNT(*) FROM {observation}")[0][0]
+        resumed = await export(standin, repository, zone)
+        after = zone.store.query("SELECT COUNT(*) FROM {observation}")[0][0]
+    finally:
+        zone.close()
+        await _clear_faults(standin.server)
+    assert loaded == 100
+    assert not resumed.full_refresh
+    assert resumed.fetched["Observation"] == total - 100
+    assert resumed.fetched["Patient"] == 0
+    assert after == total
+    records = await repository.exports()
+    assert [r.status for r in records] == ["succeeded", "failed"]
+    assert records[1].error_code == "MedplumUnavailable"
+
+
+async def _fault(server: DevServer, **spec: object) -> None:
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        answer = await http.post("_devserver/fault", json={"count": 1, **spec})
+        assert answer.status_code == 200
+
+
+async def _clear_faults(server: DevServer) -> None:
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        await http.delete("_devserver/fault")
