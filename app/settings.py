@@ -209,6 +209,33 @@ class Settings(BaseSettings):
     # patient's resources was notified: their events coalesce per patient (see
     # app/events/coalesce.py); every handler's events coalesce per resource.
     coalesce_by_patient: Annotated[list[str], NoDecode] = Field(default_factory=list[str])
+    # --- Research zone (de-identified; docs/RESEARCH.md) ---
+    research_dir: Path = Path("var/research")  # DuckDB file, graph, export files
+    research_key_file: Path | None = None  # else STARVIT_RESEARCH_KEY(+_VERSION) from the env
+    # The research API accepts Medplum access tokens issued to these client ids (``aud``); the
+    # researcher role is held by these Medplum profiles (Practitioner/<id>) and by these
+    # ClientApplications acting as themselves.
+    research_audiences: Annotated[list[str], NoDecode] = Field(default_factory=list[str])
+    research_profiles: Annotated[list[str], NoDecode] = Field(default_factory=list[str])
+    research_client_ids: Annotated[list[str], NoDecode] = Field(default_factory=list[str])
+    research_requests_per_minute: int = Field(default=60, ge=1, le=10_000)
+    research_k: int = Field(default=11, ge=2, le=1000)  # k-anonymity threshold of the report
+    research_bigquery_dataset: str | None = None  # <project>.<dataset>: BigQuery, not DuckDB
+    research_bigquery_location: str | None = None
+    research_bigquery_endpoint: str | None = None  # a local stand-in only
+    research_tigergraph_host: str | None = None  # set: TigerGraph, not LadybugDB
+    research_tigergraph_graph: str = "starvit_research"
+    research_tigergraph_username: str = "starvit_research"
+    research_tigergraph_password: SecretStr | None = None
+    research_tigergraph_restpp_port: int = Field(default=443, ge=1, le=65535)
+    research_tigergraph_gs_port: int = Field(default=443, ge=1, le=65535)
+
+    @field_validator(
+        "research_audiences", "research_profiles", "research_client_ids", mode="before"
+    )
+    @classmethod
+    def _parse_research_lists(cls, value: object) -> object:
+        return _split_csv(value)
 
     @field_validator("webhook_secrets", mode="before")
     @classmethod

@@ -21,23 +21,6 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/metrics": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /** Prometheus metrics (scrape with the metrics token) */
-        get: operations["metrics_metrics_get"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
     "/readyz": {
         parameters: {
             query?: never;
@@ -72,15 +55,15 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/v1/ops/actions": {
+    "/v1/research/conditions": {
         parameters: {
             query?: never;
             header?: never;
             path?: never;
             cookie?: never;
         };
-        /** The ops actions done */
-        get: operations["actions_v1_ops_actions_get"];
+        /** Patients per condition (small cells and small complements suppressed) */
+        get: operations["conditions_v1_research_conditions_get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -89,100 +72,15 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/v1/ops/actions/reenable-subscription": {
+    "/v1/research/demographics": {
         parameters: {
             query?: never;
             header?: never;
             path?: never;
             cookie?: never;
         };
-        get?: never;
-        put?: never;
-        /** Re-enable a handler's Subscription (as `starvit subscriptions sync`) */
-        post: operations["reenable_subscription_v1_ops_actions_reenable_subscription_post"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/ops/actions/replay-dead-letter": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        /** Replay one failed event */
-        post: operations["replay_dead_letter_v1_ops_actions_replay_dead_letter_post"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/ops/actions/replay-window": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        /** Replay every failed event received in a window */
-        post: operations["replay_window_v1_ops_actions_replay_window_post"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/ops/actions/resend": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        /** Ask Medplum to resend one resource to a handler's Subscription ($resend) */
-        post: operations["resend_v1_ops_actions_resend_post"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/ops/actions/sweep-window": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        /** Run the reconciliation sweep over a window */
-        post: operations["sweep_window_v1_ops_actions_sweep_window_post"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/ops/dead-letters": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /** Failed events */
-        get: operations["dead_letters_v1_ops_dead_letters_get"];
+        /** Patients by sex and birth decade (small cells suppressed) */
+        get: operations["demographics_v1_research_demographics_get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -191,15 +89,15 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/v1/ops/gaps": {
+    "/v1/research/exports": {
         parameters: {
             query?: never;
             header?: never;
             path?: never;
             cookie?: never;
         };
-        /** What Medplum changed that never reached the inbox */
-        get: operations["gaps_v1_ops_gaps_get"];
+        /** Recent exports with their key version, configuration hash and risk report */
+        get: operations["exports_v1_research_exports_get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -208,49 +106,15 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/v1/ops/me": {
+    "/v1/research/graph/egfr-comorbidity": {
         parameters: {
             query?: never;
             header?: never;
             path?: never;
             cookie?: never;
         };
-        /** Who is signed in */
-        get: operations["whoami_v1_ops_me_get"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/ops/overview": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /** Deliveries, processing and clinician acceptance, per handler */
-        get: operations["overview_v1_ops_overview_get"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/ops/series": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /** Per minute: deliveries, failures, latency, backlog */
-        get: operations["series_v1_ops_series_get"];
+        /** Conditions co-occurring among patients with a low eGFR (from the graph) */
+        get: operations["egfr_comorbidity_v1_research_graph_egfr_comorbidity_get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -263,120 +127,48 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
-        /** AcceptanceRow */
-        AcceptanceRow: {
-            /** Approved */
-            approved: number;
-            /** Bot */
-            bot: string;
-            /** Expired */
-            expired: number;
-            /** Median Hours To Decision */
-            median_hours_to_decision: number | null;
-            /** Pending */
-            pending: number;
-            /** Rejected */
-            rejected: number;
+        /** Cooccurrence */
+        Cooccurrence: {
+            /** Condition A */
+            condition_a: string;
+            /** Condition B */
+            condition_b: string;
+            /** Patients */
+            patients: number;
+        };
+        /** CountCell */
+        CountCell: {
             /**
-             * Rejected Reasons
-             * @description Coded reasons only (`uncoded`).
+             * Count
+             * @description Patients; null when withheld (1 to 10, or derivable).
              */
-            rejected_reasons: {
-                [key: string]: number;
+            count: number | null;
+            /**
+             * Key
+             * @description The cell's category values, one per dimension.
+             */
+            key: string[];
+        };
+        /** CrossTable */
+        CrossTable: {
+            /** Cells */
+            cells: components["schemas"]["CountCell"][];
+            /** Dimensions */
+            dimensions: string[];
+            /**
+             * Margins
+             * @description Per dimension, its totals over the other dimension.
+             */
+            margins: {
+                [key: string]: components["schemas"]["CountCell"][];
             };
-            /** Version */
-            version: string;
-            /** Withdrawn */
-            withdrawn: number;
-        };
-        /** ActionItem */
-        ActionItem: {
-            /** Action */
-            action: string;
-            /** Action Id */
-            action_id: number;
-            /** Actor */
-            actor: string;
-            /** Affected */
-            affected: number;
             /**
-             * At
-             * Format: date-time
+             * Min Cell
+             * @default 11
              */
-            at: string;
-            /** Detail */
-            detail: string | null;
-            /** Handler */
-            handler: string | null;
-            /** Outcome */
-            outcome: string;
-            /** Target */
-            target: string | null;
-            /** Window End */
-            window_end: string | null;
-            /** Window Start */
-            window_start: string | null;
-        };
-        /** ActionList */
-        ActionList: {
-            /** Items */
-            items: components["schemas"]["ActionItem"][];
-        };
-        /** ActionResult */
-        ActionResult: {
-            /** Action */
-            action: string;
-            /**
-             * Action Id
-             * @description The audit record (when done).
-             */
-            action_id?: number | null;
-            /**
-             * Affected
-             * @description Events (or resources) the action touches or touched.
-             */
-            affected: number;
-            /** Detail */
-            detail?: string | null;
-            /**
-             * Status
-             * @enum {string}
-             */
-            status: "preview" | "done";
-        };
-        /** BudgetPanel */
-        BudgetPanel: {
-            /** Points Left */
-            points_left: number;
-            /** Window Resets At */
-            window_resets_at: string | null;
-        };
-        /** DeadLetterItem */
-        DeadLetterItem: {
-            /** Attempts */
-            attempts: number;
-            /** Error Code */
-            error_code: string | null;
-            /** Event Id */
-            event_id: number;
-            /** Handler */
-            handler: string;
-            /**
-             * Received At
-             * Format: date-time
-             */
-            received_at: string;
-            /** Reference */
-            reference: string;
-            /** Replays */
-            replays: number;
-            /** Version Id */
-            version_id: string;
-        };
-        /** DeadLetterList */
-        DeadLetterList: {
-            /** Items */
-            items: components["schemas"]["DeadLetterItem"][];
+            min_cell: number;
+            /** Total */
+            total: number | null;
         };
         /** DependencyCheck */
         DependencyCheck: {
@@ -386,6 +178,26 @@ export interface components {
             name: string;
             /** Ok */
             ok: boolean;
+        };
+        /** EgfrComorbidity */
+        EgfrComorbidity: {
+            /**
+             * Min Cell
+             * @default 11
+             */
+            min_cell: number;
+            /**
+             * Pairs
+             * @description Condition pairs held together by patients with an eGFR below the threshold.
+             */
+            pairs: components["schemas"]["Cooccurrence"][];
+            /** Threshold */
+            threshold: number;
+            /**
+             * Withheld Pairs
+             * @description Pairs held by fewer than 11 patients.
+             */
+            withheld_pairs: number;
         };
         /** ErrorEnvelope */
         ErrorEnvelope: {
@@ -413,93 +225,37 @@ export interface components {
              */
             message: string;
         };
-        /** GapItem */
-        GapItem: {
-            /** Changed In Medplum */
-            changed_in_medplum: number;
-            /** Handler */
-            handler: string;
-            /**
-             * Missing
-             * @description Type/id/_history/version never received (50 at most).
-             */
-            missing: string[];
-            /** Reached Inbox */
-            reached_inbox: number;
-            /** Recovered By Sweep */
-            recovered_by_sweep: number;
-            /** Truncated */
-            truncated: boolean;
-            /**
-             * Window End
-             * Format: date-time
-             */
-            window_end: string;
-            /**
-             * Window Start
-             * Format: date-time
-             */
-            window_start: string;
-        };
-        /** GapResponse */
-        GapResponse: {
-            /** Gaps */
-            gaps: components["schemas"]["GapItem"][];
-        };
-        /** HandlerPanel */
-        HandlerPanel: {
-            /** Deliveries Last Hour */
-            deliveries_last_hour: number;
-            /**
-             * Deliveries Per Minute
-             * @description Notifications per minute, last 15 minutes.
-             */
-            deliveries_per_minute: number;
-            /** Duplicates Last Hour */
-            duplicates_last_hour: number;
-            /** Handler */
-            handler: string;
-            /** Healthy */
-            healthy: boolean;
-            /** Last Delivery At */
-            last_delivery_at: string | null;
-            /**
-             * Medplum Error
-             * @description Subscription.error, Medplum's own text.
-             */
-            medplum_error: string | null;
-            /**
-             * Medplum Status
-             * @description active | off | error | requested | missing, as Medplum reports it now; `unknown` when Medplum could not be asked (then `recorded_status` is the last check).
-             */
-            medplum_status: string;
-            /**
-             * Recorded Status
-             * @description What the worker's health check last saw.
-             */
-            recorded_status: string | null;
-            /**
-             * Refused Last Hour
-             * @description Refused deliveries by reason.
-             */
-            refused_last_hour: {
+        /** ExportInfo */
+        ExportInfo: {
+            /** Config Hash */
+            config_hash: string;
+            /** Finished At */
+            finished_at: string | null;
+            /** Full Refresh */
+            full_refresh: boolean;
+            /** Id */
+            id: number;
+            /** Key Version */
+            key_version: string;
+            /** Loaded */
+            loaded: {
                 [key: string]: number;
             };
-            /** Replayed 24H */
-            replayed_24h: number;
+            /** Policy Version */
+            policy_version: string;
+            /** Risk */
+            risk: {
+                [key: string]: unknown;
+            } | null;
+            /** Started At */
+            started_at: string;
             /**
-             * Resent Last Hour
-             * @description Deliveries caused by an ops $resend (not health).
+             * Status
+             * @enum {string}
              */
-            resent_last_hour: number;
-            /** Subscription Id */
-            subscription_id: string | null;
-            /** Sweep Lag Seconds */
-            sweep_lag_seconds: number | null;
-            /** Sweep Recovered 24H */
-            sweep_recovered_24h: number;
-            /** @description Medplum's side over the last hour; null when unavailable. */
-            transmit: components["schemas"]["TransmitAttempts"] | null;
+            status: "running" | "succeeded" | "failed";
+            /** Zip3 Version */
+            zip3_version: string;
         };
         /** Health */
         Health: {
@@ -508,28 +264,6 @@ export interface components {
              * @constant
              */
             status: "ok";
-        };
-        /** MinutePointModel */
-        MinutePointModel: {
-            /** Backlog */
-            backlog: number;
-            /** Deliveries */
-            deliveries: number;
-            /** Failed */
-            failed: number;
-            /** Latency P50 Ms */
-            latency_p50_ms: number | null;
-            /** Latency P95 Ms */
-            latency_p95_ms: number | null;
-            /**
-             * Minute
-             * Format: date-time
-             */
-            minute: string;
-            /** Oldest Waiting Seconds */
-            oldest_waiting_seconds: number | null;
-            /** Refused */
-            refused: number;
         };
         /** NotificationAck */
         NotificationAck: {
@@ -550,70 +284,23 @@ export interface components {
              */
             status: "accepted" | "duplicate" | "ignored";
         };
-        /** Overview */
-        Overview: {
+        /** Prevalence */
+        Prevalence: {
             /**
-             * Acceptance
-             * @description Last 30 days; null if unknown.
+             * Conditions
+             * @description Patients per condition code (SNOMED CT).
              */
-            acceptance: components["schemas"]["AcceptanceRow"][] | null;
+            conditions: components["schemas"]["CountCell"][];
             /**
-             * Generated At
-             * Format: date-time
+             * Min Cell
+             * @default 11
              */
-            generated_at: string;
-            /** Handlers */
-            handlers: components["schemas"]["HandlerPanel"][];
-            /** Medplum Reachable */
-            medplum_reachable: boolean;
-            processing: components["schemas"]["ProcessingPanel"];
+            min_cell: number;
             /**
-             * Unattributed Refusals Last Hour
-             * @description Refused deliveries that named no subscribed handler, by reason.
+             * Population
+             * @description Patients in the analytics store.
              */
-            unattributed_refusals_last_hour: {
-                [key: string]: number;
-            };
-        };
-        /** ProcessingPanel */
-        ProcessingPanel: {
-            /** @description The shared quota budget; null when absent. */
-            budget: components["schemas"]["BudgetPanel"] | null;
-            /** Dead Letters */
-            dead_letters: number;
-            /** Dead Letters By Code */
-            dead_letters_by_code: {
-                [key: string]: number;
-            };
-            /** Latency P50 Ms */
-            latency_p50_ms: number | null;
-            /** Latency P90 Ms */
-            latency_p90_ms: number | null;
-            /** Latency P99 Ms */
-            latency_p99_ms: number | null;
-            /** Medplum Round Trips Avg */
-            medplum_round_trips_avg: number | null;
-            /** Medplum Round Trips P95 */
-            medplum_round_trips_p95: number | null;
-            /** Oldest Waiting Seconds */
-            oldest_waiting_seconds: number | null;
-            /** Processed Last Hour */
-            processed_last_hour: number;
-            /** Queue Depth */
-            queue_depth: number;
-            /**
-             * Quota Points Per Event
-             * @description Medplum quota points per event; null when not recorded.
-             */
-            quota_points_per_event: number | null;
-            /** Retried Last Hour */
-            retried_last_hour: number;
-            /** Retrying */
-            retrying: number;
-            /** Running */
-            running: number;
-            /** Workers */
-            workers: components["schemas"]["WorkerItem"][];
+            population: number | null;
         };
         /** Readiness */
         Readiness: {
@@ -624,137 +311,6 @@ export interface components {
              * @enum {string}
              */
             status: "ready" | "not_ready";
-        };
-        /** ReenableRequest */
-        ReenableRequest: {
-            /**
-             * Confirm
-             * @description false: answer what the action would do (nothing changes); true: do it.
-             * @default false
-             */
-            confirm: boolean;
-            /** Handler */
-            handler: string;
-        };
-        /** ReplayDeadLetterRequest */
-        ReplayDeadLetterRequest: {
-            /**
-             * Confirm
-             * @description false: answer what the action would do (nothing changes); true: do it.
-             * @default false
-             */
-            confirm: boolean;
-            /** Event Id */
-            event_id: number;
-        };
-        /** ResendRequest */
-        ResendRequest: {
-            /**
-             * Confirm
-             * @description false: answer what the action would do (nothing changes); true: do it.
-             * @default false
-             */
-            confirm: boolean;
-            /**
-             * Handler
-             * @description Whose Subscription gets the resource.
-             */
-            handler: string;
-            /**
-             * Interaction
-             * @default update
-             * @enum {string}
-             */
-            interaction: "create" | "update";
-            /**
-             * Reference
-             * @description Type/id of the resource.
-             */
-            reference: string;
-        };
-        /** SeriesResponse */
-        SeriesResponse: {
-            /** Minutes */
-            minutes: components["schemas"]["MinutePointModel"][];
-        };
-        /** TransmitAttempts */
-        TransmitAttempts: {
-            /**
-             * Attempts
-             * @description Delivery attempts Medplum recorded (transmit AuditEvents).
-             */
-            attempts: number;
-            /**
-             * Auto Disabled
-             * @description AuditEvents with outcome 8 (Medplum switched it off).
-             */
-            auto_disabled: number;
-            /** Failures */
-            failures: number;
-            /**
-             * Http Codes
-             * @description Attempts per HTTP status; `network` when the POST got no answer.
-             */
-            http_codes: {
-                [key: string]: number;
-            };
-            /** Last Attempt At */
-            last_attempt_at: string | null;
-            /**
-             * Truncated
-             * @description More attempts than were counted (300 are read).
-             */
-            truncated: boolean;
-        };
-        /** WhoAmI */
-        WhoAmI: {
-            /**
-             * Csrf Token
-             * @description Send as X-CSRF-Token on actions (sessions only).
-             */
-            csrf_token: string | null;
-            /** Profile */
-            profile: string;
-            /**
-             * Role
-             * @constant
-             */
-            role: "ops";
-        };
-        /** WindowRequest */
-        WindowRequest: {
-            /**
-             * Confirm
-             * @description false: answer what the action would do (nothing changes); true: do it.
-             * @default false
-             */
-            confirm: boolean;
-            /**
-             * End
-             * Format: date-time
-             */
-            end: string;
-            /** Handler */
-            handler?: string | null;
-            /**
-             * Start
-             * Format: date-time
-             */
-            start: string;
-        };
-        /** WorkerItem */
-        WorkerItem: {
-            /** Age Seconds */
-            age_seconds: number;
-            /** Alive */
-            alive: boolean;
-            /**
-             * Last Heartbeat
-             * Format: date-time
-             */
-            last_heartbeat: string;
-            /** Worker Id */
-            worker_id: number;
         };
     };
     responses: never;
@@ -785,53 +341,6 @@ export interface operations {
             };
             /** @description Internal error */
             500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-        };
-    };
-    metrics_metrics_get: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Prometheus text format */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "text/plain": unknown;
-                };
-            };
-            /** @description Unauthenticated or bad signature */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Internal error */
-            500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description A dependency is unavailable */
-            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1016,7 +525,155 @@ export interface operations {
             };
         };
     };
-    actions_v1_ops_actions_get: {
+    conditions_v1_research_conditions_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Prevalence"];
+                };
+            };
+            /** @description Unauthenticated or bad signature */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description The caller does not hold the researcher role */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Rate limited */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A dependency is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    demographics_v1_research_demographics_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CrossTable"];
+                };
+            };
+            /** @description Unauthenticated or bad signature */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description The caller does not hold the researcher role */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Rate limited */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A dependency is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    exports_v1_research_exports_get: {
         parameters: {
             query?: {
                 limit?: number;
@@ -1033,16 +690,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ActionList"];
-                };
-            };
-            /** @description Malformed request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
+                    "application/json": components["schemas"]["ExportInfo"][];
                 };
             };
             /** @description Unauthenticated or bad signature */
@@ -1054,7 +702,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description Not an ops user; CSRF */
+            /** @description The caller does not hold the researcher role */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1065,6 +713,15 @@ export interface operations {
             };
             /** @description Validation error */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Rate limited */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1092,490 +749,11 @@ export interface operations {
             };
         };
     };
-    reenable_subscription_v1_ops_actions_reenable_subscription_post: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["ReenableRequest"];
-            };
-        };
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ActionResult"];
-                };
-            };
-            /** @description Malformed request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Unauthenticated or bad signature */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Not an ops user; CSRF */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description No such event or handler */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Not possible in this state */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Validation error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Internal error */
-            500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description A dependency is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-        };
-    };
-    replay_dead_letter_v1_ops_actions_replay_dead_letter_post: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["ReplayDeadLetterRequest"];
-            };
-        };
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ActionResult"];
-                };
-            };
-            /** @description Malformed request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Unauthenticated or bad signature */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Not an ops user; CSRF */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description No such event or handler */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Not possible in this state */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Validation error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Internal error */
-            500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description A dependency is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-        };
-    };
-    replay_window_v1_ops_actions_replay_window_post: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["WindowRequest"];
-            };
-        };
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ActionResult"];
-                };
-            };
-            /** @description Malformed request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Unauthenticated or bad signature */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Not an ops user; CSRF */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description No such event or handler */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Not possible in this state */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Validation error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Internal error */
-            500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description A dependency is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-        };
-    };
-    resend_v1_ops_actions_resend_post: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["ResendRequest"];
-            };
-        };
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ActionResult"];
-                };
-            };
-            /** @description Malformed request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Unauthenticated or bad signature */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Not an ops user; CSRF */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description No such event or handler */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Not possible in this state */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Validation error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Internal error */
-            500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description A dependency is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-        };
-    };
-    sweep_window_v1_ops_actions_sweep_window_post: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["WindowRequest"];
-            };
-        };
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ActionResult"];
-                };
-            };
-            /** @description Malformed request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Unauthenticated or bad signature */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Not an ops user; CSRF */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description No such event or handler */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Not possible in this state */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Validation error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Internal error */
-            500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description A dependency is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-        };
-    };
-    dead_letters_v1_ops_dead_letters_get: {
+    egfr_comorbidity_v1_research_graph_egfr_comorbidity_get: {
         parameters: {
             query?: {
-                limit?: number;
+                /** @description eGFR threshold, mL/min/1.73 m² */
+                threshold?: number;
             };
             header?: never;
             path?: never;
@@ -1589,16 +767,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["DeadLetterList"];
-                };
-            };
-            /** @description Malformed request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
+                    "application/json": components["schemas"]["EgfrComorbidity"];
                 };
             };
             /** @description Unauthenticated or bad signature */
@@ -1610,7 +779,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description Not an ops user; CSRF */
+            /** @description The caller does not hold the researcher role */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1628,310 +797,8 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description Internal error */
-            500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description A dependency is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-        };
-    };
-    gaps_v1_ops_gaps_get: {
-        parameters: {
-            query?: {
-                start?: string | null;
-                end?: string | null;
-                handler?: string | null;
-            };
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["GapResponse"];
-                };
-            };
-            /** @description Malformed request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Unauthenticated or bad signature */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Not an ops user; CSRF */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description No such event or handler */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Validation error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Internal error */
-            500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description A dependency is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-        };
-    };
-    whoami_v1_ops_me_get: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["WhoAmI"];
-                };
-            };
-            /** @description Malformed request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Unauthenticated or bad signature */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Not an ops user; CSRF */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Validation error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Internal error */
-            500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description A dependency is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-        };
-    };
-    overview_v1_ops_overview_get: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Overview"];
-                };
-            };
-            /** @description Malformed request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Unauthenticated or bad signature */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Not an ops user; CSRF */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Validation error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Internal error */
-            500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description A dependency is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-        };
-    };
-    series_v1_ops_series_get: {
-        parameters: {
-            query?: {
-                minutes?: number;
-            };
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["SeriesResponse"];
-                };
-            };
-            /** @description Malformed request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Unauthenticated or bad signature */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Not an ops user; CSRF */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Validation error */
-            422: {
+            /** @description Rate limited */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };

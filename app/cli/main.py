@@ -108,6 +108,9 @@ def register_subcommands() -> None:
     from app.cli import operations  # noqa: PLC0415
 
     operations.register(cli)
+    from app.research.cli import research_app  # noqa: PLC0415
+
+    cli.add_typer(research_app, name="research")
 
 
 def run() -> None:

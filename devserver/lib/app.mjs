@@ -30,6 +30,7 @@ import {
   userinfo,
 } from './auth.mjs';
 import { handleTokenRequest } from './clientassertion.mjs';
+import { BulkExports } from './bulkexport.mjs';
 import { loadDefinitions } from './definitions.mjs';
 import { authMe } from './me.mjs';
 import { FhirQuota, RateLimits, rateLimitHeader, throttledOutcome } from './ratelimit.mjs';
@@ -208,6 +209,10 @@ export function createApp(config) {
     },
     'operation'
   );
+
+  // Bulk Data $export, its status polling and its presigned NDJSON files (lib/bulkexport.mjs).
+  const bulk = new BulkExports(app);
+  bulk.register(router);
 
   // FHIR $validate on a resource type: the body is the resource, or Parameters with `resource`.
   router.add(
@@ -514,6 +519,9 @@ export function createApp(config) {
       stats.fhir_quota.throttled++;
     }
     const headers = { 'x-trace-id': traceId, ...rateLimitHeaders(res, status, quota) };
+    if (outcome.id === 'accepted' && outcome.issue?.[0]?.diagnostics) {
+      headers['Content-Location'] = outcome.issue[0].diagnostics; // as Medplum's sendOutcome
+    }
     if (!isOk(outcome) || !resource) {
       sendOutcome(res, outcome, headers);
       return;
@@ -578,6 +586,13 @@ export function createApp(config) {
     }
     const rl = () => rateLimitHeaders(res, 200);
 
+    if (bulk.handles(path)) {
+      return bulk.handle(req, res, url, () => authenticate(app, req.headers.authorization), {
+        outcome: (outcome) => sendOutcome(res, outcome, rl()),
+        error: (err) => sendOutcome(res, normalizeOperationOutcome(err), rl()),
+        json: (status, body) => sendJson(res, status, body, rl()),
+      });
+    }
     if (path === '/fhir/R4' || path.startsWith('/fhir/R4/')) {
       return handleFhir(req, res, url);
     }

@@ -26,6 +26,7 @@ PRODUCTION_COMMANDS: tuple[str, ...] = (
     "calc",
     "db",
     "jobs",
+    "research",
     "serve",
     "subscriptions",
     "sweep",

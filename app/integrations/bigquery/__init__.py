@@ -1,0 +1,1 @@
+"""BigQuery through google-cloud-bigquery: the research analytics store at scale."""

@@ -1,0 +1,1 @@
+"""TigerGraph through pyTigerGraph: the research graph at scale (same openCypher queries)."""

@@ -1,0 +1,1 @@
+"""The research views: SQL-on-FHIR v2 ViewDefinition files and their runner (runner.py)."""
