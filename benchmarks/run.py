@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import e2e, receiver, report
+from benchmarks import e2e, receiver, report, screenshots
 from benchmarks import quota as quota_bench
 from benchmarks.servers import Postgres, machine
 

@@ -21,6 +21,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Prometheus metrics (scrape with the metrics token) */
+        get: operations["metrics_metrics_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/readyz": {
         parameters: {
             query?: never;
@@ -30,6 +47,40 @@ export interface paths {
         };
         /** The database is reachable (the receiver never needs Medplum to accept events) */
         get: operations["readyz_readyz_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/bundles": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Post a FHIR batch or transaction bundle as an integration partner */
+        post: operations["post_bundle_v1_bundles_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/bundles/{bundle_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The outcome of an accepted bundle request (kept 24 hours) */
+        get: operations["get_bundle_v1_bundles__bundle_id__get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -49,6 +100,193 @@ export interface paths {
         put?: never;
         /** Receive a Medplum rest-hook notification */
         post: operations["receive_notification_v1_medplum_notifications_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/ops/actions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The ops actions done */
+        get: operations["actions_v1_ops_actions_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/ops/actions/reenable-subscription": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Re-enable a handler's Subscription (as `starvit subscriptions sync`) */
+        post: operations["reenable_subscription_v1_ops_actions_reenable_subscription_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/ops/actions/replay-dead-letter": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Replay one failed event */
+        post: operations["replay_dead_letter_v1_ops_actions_replay_dead_letter_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/ops/actions/replay-window": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Replay every failed event received in a window */
+        post: operations["replay_window_v1_ops_actions_replay_window_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/ops/actions/resend": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Ask Medplum to resend one resource to a handler's Subscription ($resend) */
+        post: operations["resend_v1_ops_actions_resend_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/ops/actions/sweep-window": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Run the reconciliation sweep over a window */
+        post: operations["sweep_window_v1_ops_actions_sweep_window_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/ops/dead-letters": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Failed events */
+        get: operations["dead_letters_v1_ops_dead_letters_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/ops/gaps": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** What Medplum changed that never reached the inbox */
+        get: operations["gaps_v1_ops_gaps_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/ops/me": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Who is signed in */
+        get: operations["whoami_v1_ops_me_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/ops/overview": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Deliveries, processing and clinician acceptance, per handler */
+        get: operations["overview_v1_ops_overview_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/ops/series": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Per minute: deliveries, failures, latency, backlog */
+        get: operations["series_v1_ops_series_get"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -127,6 +365,161 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** AcceptanceRow */
+        AcceptanceRow: {
+            /** Approved */
+            approved: number;
+            /** Bot */
+            bot: string;
+            /** Expired */
+            expired: number;
+            /** Median Hours To Decision */
+            median_hours_to_decision: number | null;
+            /** Pending */
+            pending: number;
+            /** Rejected */
+            rejected: number;
+            /**
+             * Rejected Reasons
+             * @description Coded reasons only (`uncoded`).
+             */
+            rejected_reasons: {
+                [key: string]: number;
+            };
+            /** Version */
+            version: string;
+            /** Withdrawn */
+            withdrawn: number;
+        };
+        /** ActionItem */
+        ActionItem: {
+            /** Action */
+            action: string;
+            /** Action Id */
+            action_id: number;
+            /** Actor */
+            actor: string;
+            /** Affected */
+            affected: number;
+            /**
+             * At
+             * Format: date-time
+             */
+            at: string;
+            /** Detail */
+            detail: string | null;
+            /** Handler */
+            handler: string | null;
+            /** Outcome */
+            outcome: string;
+            /** Target */
+            target: string | null;
+            /** Window End */
+            window_end: string | null;
+            /** Window Start */
+            window_start: string | null;
+        };
+        /** ActionList */
+        ActionList: {
+            /** Items */
+            items: components["schemas"]["ActionItem"][];
+        };
+        /** ActionResult */
+        ActionResult: {
+            /** Action */
+            action: string;
+            /**
+             * Action Id
+             * @description The audit record (when done).
+             */
+            action_id?: number | null;
+            /**
+             * Affected
+             * @description Events (or resources) the action touches or touched.
+             */
+            affected: number;
+            /** Detail */
+            detail?: string | null;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "preview" | "done";
+        };
+        /** BudgetPanel */
+        BudgetPanel: {
+            /** Points Left */
+            points_left: number;
+            /** Window Resets At */
+            window_resets_at: string | null;
+        };
+        /** BundleEntryOutcome */
+        BundleEntryOutcome: {
+            /**
+             * Action
+             * @description created: a new resource; matched: a resource with the entry's identifier already existed (nothing written); updated: a PUT applied; failed: Medplum refused this entry of a batch; would_create / would_match / would_update / ambiguous: what a dry run found (ambiguous: several resources carry the identifier, the create would fail).
+             * @enum {string}
+             */
+            action: "created" | "matched" | "updated" | "failed" | "would_create" | "would_match" | "would_update" | "ambiguous";
+            /**
+             * Error Code
+             * @description Why the entry failed.
+             */
+            error_code?: string | null;
+            /**
+             * Index
+             * @description The entry's position in the posted bundle (from 0).
+             */
+            index: number;
+            /**
+             * Path
+             * @description The element Medplum objected to.
+             */
+            path?: string | null;
+            /**
+             * Reference
+             * @description Type/id of the resource.
+             */
+            reference?: string | null;
+            /** Resource Type */
+            resource_type: string;
+            /**
+             * Status
+             * @description Medplum's status for the entry.
+             */
+            status?: number | null;
+        };
+        /** BundleOutcome */
+        BundleOutcome: {
+            /** Bundle Type */
+            bundle_type?: ("batch" | "transaction") | null;
+            /**
+             * Counts
+             * @description Entries by resource type.
+             */
+            counts?: {
+                [key: string]: number;
+            };
+            /**
+             * Dry Run
+             * @default false
+             */
+            dry_run: boolean;
+            /** Entries */
+            entries: components["schemas"]["BundleEntryOutcome"][];
+            /**
+             * Id
+             * Format: uuid
+             * @description The request's bundle id (GET /v1/bundles/{id}).
+             */
+            id: string;
+            /**
+             * Status
+             * @description completed: every entry written or matched; partial: some entries of a batch failed (see entries); dry_run: nothing written; running: not finished yet.
+             * @enum {string}
+             */
+            status: "completed" | "partial" | "dry_run" | "running";
+        };
         /** Cooccurrence */
         Cooccurrence: {
             /** Condition A */
@@ -169,6 +562,33 @@ export interface components {
             min_cell: number;
             /** Total */
             total: number | null;
+        };
+        /** DeadLetterItem */
+        DeadLetterItem: {
+            /** Attempts */
+            attempts: number;
+            /** Error Code */
+            error_code: string | null;
+            /** Event Id */
+            event_id: number;
+            /** Handler */
+            handler: string;
+            /**
+             * Received At
+             * Format: date-time
+             */
+            received_at: string;
+            /** Reference */
+            reference: string;
+            /** Replays */
+            replays: number;
+            /** Version Id */
+            version_id: string;
+        };
+        /** DeadLetterList */
+        DeadLetterList: {
+            /** Items */
+            items: components["schemas"]["DeadLetterItem"][];
         };
         /** DependencyCheck */
         DependencyCheck: {
@@ -257,6 +677,94 @@ export interface components {
             /** Zip3 Version */
             zip3_version: string;
         };
+        /** GapItem */
+        GapItem: {
+            /** Changed In Medplum */
+            changed_in_medplum: number;
+            /** Handler */
+            handler: string;
+            /**
+             * Missing
+             * @description Type/id/_history/version never received (50 at most).
+             */
+            missing: string[];
+            /** Reached Inbox */
+            reached_inbox: number;
+            /** Recovered By Sweep */
+            recovered_by_sweep: number;
+            /** Truncated */
+            truncated: boolean;
+            /**
+             * Window End
+             * Format: date-time
+             */
+            window_end: string;
+            /**
+             * Window Start
+             * Format: date-time
+             */
+            window_start: string;
+        };
+        /** GapResponse */
+        GapResponse: {
+            /** Gaps */
+            gaps: components["schemas"]["GapItem"][];
+        };
+        /** HandlerPanel */
+        HandlerPanel: {
+            /** Deliveries Last Hour */
+            deliveries_last_hour: number;
+            /**
+             * Deliveries Per Minute
+             * @description Notifications per minute, last 15 minutes.
+             */
+            deliveries_per_minute: number;
+            /** Duplicates Last Hour */
+            duplicates_last_hour: number;
+            /** Handler */
+            handler: string;
+            /** Healthy */
+            healthy: boolean;
+            /** Last Delivery At */
+            last_delivery_at: string | null;
+            /**
+             * Medplum Error
+             * @description Subscription.error, Medplum's own text.
+             */
+            medplum_error: string | null;
+            /**
+             * Medplum Status
+             * @description active | off | error | requested | missing, as Medplum reports it now; `unknown` when Medplum could not be asked (then `recorded_status` is the last check).
+             */
+            medplum_status: string;
+            /**
+             * Recorded Status
+             * @description What the worker's health check last saw.
+             */
+            recorded_status: string | null;
+            /**
+             * Refused Last Hour
+             * @description Refused deliveries by reason.
+             */
+            refused_last_hour: {
+                [key: string]: number;
+            };
+            /** Replayed 24H */
+            replayed_24h: number;
+            /**
+             * Resent Last Hour
+             * @description Deliveries caused by an ops $resend (not health).
+             */
+            resent_last_hour: number;
+            /** Subscription Id */
+            subscription_id: string | null;
+            /** Sweep Lag Seconds */
+            sweep_lag_seconds: number | null;
+            /** Sweep Recovered 24H */
+            sweep_recovered_24h: number;
+            /** @description Medplum's side over the last hour; null when unavailable. */
+            transmit: components["schemas"]["TransmitAttempts"] | null;
+        };
         /** Health */
         Health: {
             /**
@@ -264,6 +772,28 @@ export interface components {
              * @constant
              */
             status: "ok";
+        };
+        /** MinutePointModel */
+        MinutePointModel: {
+            /** Backlog */
+            backlog: number;
+            /** Deliveries */
+            deliveries: number;
+            /** Failed */
+            failed: number;
+            /** Latency P50 Ms */
+            latency_p50_ms: number | null;
+            /** Latency P95 Ms */
+            latency_p95_ms: number | null;
+            /**
+             * Minute
+             * Format: date-time
+             */
+            minute: string;
+            /** Oldest Waiting Seconds */
+            oldest_waiting_seconds: number | null;
+            /** Refused */
+            refused: number;
         };
         /** NotificationAck */
         NotificationAck: {
@@ -284,6 +814,31 @@ export interface components {
              */
             status: "accepted" | "duplicate" | "ignored";
         };
+        /** Overview */
+        Overview: {
+            /**
+             * Acceptance
+             * @description Last 30 days; null if unknown.
+             */
+            acceptance: components["schemas"]["AcceptanceRow"][] | null;
+            /**
+             * Generated At
+             * Format: date-time
+             */
+            generated_at: string;
+            /** Handlers */
+            handlers: components["schemas"]["HandlerPanel"][];
+            /** Medplum Reachable */
+            medplum_reachable: boolean;
+            processing: components["schemas"]["ProcessingPanel"];
+            /**
+             * Unattributed Refusals Last Hour
+             * @description Refused deliveries that named no subscribed handler, by reason.
+             */
+            unattributed_refusals_last_hour: {
+                [key: string]: number;
+            };
+        };
         /** Prevalence */
         Prevalence: {
             /**
@@ -302,6 +857,46 @@ export interface components {
              */
             population: number | null;
         };
+        /** ProcessingPanel */
+        ProcessingPanel: {
+            /** @description The shared quota budget; null when absent. */
+            budget: components["schemas"]["BudgetPanel"] | null;
+            /** Dead Letters */
+            dead_letters: number;
+            /** Dead Letters By Code */
+            dead_letters_by_code: {
+                [key: string]: number;
+            };
+            /** Latency P50 Ms */
+            latency_p50_ms: number | null;
+            /** Latency P90 Ms */
+            latency_p90_ms: number | null;
+            /** Latency P99 Ms */
+            latency_p99_ms: number | null;
+            /** Medplum Round Trips Avg */
+            medplum_round_trips_avg: number | null;
+            /** Medplum Round Trips P95 */
+            medplum_round_trips_p95: number | null;
+            /** Oldest Waiting Seconds */
+            oldest_waiting_seconds: number | null;
+            /** Processed Last Hour */
+            processed_last_hour: number;
+            /** Queue Depth */
+            queue_depth: number;
+            /**
+             * Quota Points Per Event
+             * @description Medplum quota points per event; null when not recorded.
+             */
+            quota_points_per_event: number | null;
+            /** Retried Last Hour */
+            retried_last_hour: number;
+            /** Retrying */
+            retrying: number;
+            /** Running */
+            running: number;
+            /** Workers */
+            workers: components["schemas"]["WorkerItem"][];
+        };
         /** Readiness */
         Readiness: {
             /** Checks */
@@ -311,6 +906,137 @@ export interface components {
              * @enum {string}
              */
             status: "ready" | "not_ready";
+        };
+        /** ReenableRequest */
+        ReenableRequest: {
+            /**
+             * Confirm
+             * @description false: answer what the action would do (nothing changes); true: do it.
+             * @default false
+             */
+            confirm: boolean;
+            /** Handler */
+            handler: string;
+        };
+        /** ReplayDeadLetterRequest */
+        ReplayDeadLetterRequest: {
+            /**
+             * Confirm
+             * @description false: answer what the action would do (nothing changes); true: do it.
+             * @default false
+             */
+            confirm: boolean;
+            /** Event Id */
+            event_id: number;
+        };
+        /** ResendRequest */
+        ResendRequest: {
+            /**
+             * Confirm
+             * @description false: answer what the action would do (nothing changes); true: do it.
+             * @default false
+             */
+            confirm: boolean;
+            /**
+             * Handler
+             * @description Whose Subscription gets the resource.
+             */
+            handler: string;
+            /**
+             * Interaction
+             * @default update
+             * @enum {string}
+             */
+            interaction: "create" | "update";
+            /**
+             * Reference
+             * @description Type/id of the resource.
+             */
+            reference: string;
+        };
+        /** SeriesResponse */
+        SeriesResponse: {
+            /** Minutes */
+            minutes: components["schemas"]["MinutePointModel"][];
+        };
+        /** TransmitAttempts */
+        TransmitAttempts: {
+            /**
+             * Attempts
+             * @description Delivery attempts Medplum recorded (transmit AuditEvents).
+             */
+            attempts: number;
+            /**
+             * Auto Disabled
+             * @description AuditEvents with outcome 8 (Medplum switched it off).
+             */
+            auto_disabled: number;
+            /** Failures */
+            failures: number;
+            /**
+             * Http Codes
+             * @description Attempts per HTTP status; `network` when the POST got no answer.
+             */
+            http_codes: {
+                [key: string]: number;
+            };
+            /** Last Attempt At */
+            last_attempt_at: string | null;
+            /**
+             * Truncated
+             * @description More attempts than were counted (300 are read).
+             */
+            truncated: boolean;
+        };
+        /** WhoAmI */
+        WhoAmI: {
+            /**
+             * Csrf Token
+             * @description Send as X-CSRF-Token on actions (sessions only).
+             */
+            csrf_token: string | null;
+            /** Profile */
+            profile: string;
+            /**
+             * Role
+             * @constant
+             */
+            role: "ops";
+        };
+        /** WindowRequest */
+        WindowRequest: {
+            /**
+             * Confirm
+             * @description false: answer what the action would do (nothing changes); true: do it.
+             * @default false
+             */
+            confirm: boolean;
+            /**
+             * End
+             * Format: date-time
+             */
+            end: string;
+            /** Handler */
+            handler?: string | null;
+            /**
+             * Start
+             * Format: date-time
+             */
+            start: string;
+        };
+        /** WorkerItem */
+        WorkerItem: {
+            /** Age Seconds */
+            age_seconds: number;
+            /** Alive */
+            alive: boolean;
+            /**
+             * Last Heartbeat
+             * Format: date-time
+             */
+            last_heartbeat: string;
+            /** Worker Id */
+            worker_id: number;
         };
     };
     responses: never;
@@ -341,6 +1067,53 @@ export interface operations {
             };
             /** @description Internal error */
             500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    metrics_metrics_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Prometheus text format */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/plain": unknown;
+                };
+            };
+            /** @description Unauthenticated or bad signature */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A dependency is unavailable */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -384,6 +1157,283 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Readiness"];
+                };
+            };
+        };
+    };
+    post_bundle_v1_bundles_post: {
+        parameters: {
+            query?: {
+                /** @description Check everything and say what each entry would do; write nothing. */
+                dry_run?: boolean;
+            };
+            header: {
+                /** @description Unique per request (IETF httpapi Idempotency-Key): the same key and body replays the stored outcome for 24 hours; another body with the key is 422; the key while its first request runs is 409. */
+                "Idempotency-Key": string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/fhir+json": {
+                    entry: {
+                        fullUrl?: string;
+                        request: {
+                            ifNoneExist?: string;
+                            /** @enum {string} */
+                            method: "POST" | "PUT";
+                            url: string;
+                        };
+                        resource: {
+                            resourceType: string;
+                        };
+                    }[];
+                    /** @enum {string} */
+                    resourceType: "Bundle";
+                    /** @enum {string} */
+                    type: "batch" | "transaction";
+                };
+                "application/json": {
+                    entry: {
+                        fullUrl?: string;
+                        request: {
+                            ifNoneExist?: string;
+                            /** @enum {string} */
+                            method: "POST" | "PUT";
+                            url: string;
+                        };
+                        resource: {
+                            resourceType: string;
+                        };
+                    }[];
+                    /** @enum {string} */
+                    resourceType: "Bundle";
+                    /** @enum {string} */
+                    type: "batch" | "transaction";
+                };
+            };
+        };
+        responses: {
+            /** @description Outcome per entry */
+            200: {
+                headers: {
+                    /** @description true when this is the stored outcome of an earlier request with the same Idempotency-Key and body */
+                    "Idempotent-Replayed"?: "true";
+                    /** @description IETF RateLimit: "partner";r=<remaining>;t=<seconds to reset> */
+                    RateLimit?: string;
+                    /** @description IETF RateLimit-Policy: "partner";q=<requests>;w=60 */
+                    "RateLimit-Policy"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BundleOutcome"];
+                };
+            };
+            /** @description Idempotency-Key missing or invalid; body not JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description No token, or a token that does not verify (details.reason) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not a registered partner, or entries it may not write (details.entries) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description No such bundle for this partner */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A request with this Idempotency-Key is still running */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Body over the partner's size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not application/fhir+json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not a batch/transaction bundle, invalid entries (details.entries: index, fullUrl, path, code), or the Idempotency-Key reused for another body */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Rate or concurrency limit; Retry-After says when */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Medplum answered unexpectedly */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Medplum or the database unavailable; Retry-After when known */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    get_bundle_v1_bundles__bundle_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                bundle_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The stored outcome */
+            200: {
+                headers: {
+                    /** @description IETF RateLimit: "partner";r=<remaining>;t=<seconds to reset> */
+                    RateLimit?: string;
+                    /** @description IETF RateLimit-Policy: "partner";q=<requests>;w=60 */
+                    "RateLimit-Policy"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BundleOutcome"];
+                };
+            };
+            /** @description Still running */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BundleOutcome"];
+                };
+            };
+            /** @description No token, or a token that does not verify (details.reason) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not a registered partner, or entries it may not write (details.entries) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description No such bundle for this partner */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description The bundle id is not a UUID */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Rate or concurrency limit; Retry-After says when */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Medplum or the database unavailable; Retry-After when known */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
         };
@@ -498,6 +1548,949 @@ export interface operations {
             };
             /** @description Rate limited */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A dependency is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    actions_v1_ops_actions_get: {
+        parameters: {
+            query?: {
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ActionList"];
+                };
+            };
+            /** @description Malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unauthenticated or bad signature */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not an ops user; CSRF */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A dependency is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    reenable_subscription_v1_ops_actions_reenable_subscription_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ReenableRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ActionResult"];
+                };
+            };
+            /** @description Malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unauthenticated or bad signature */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not an ops user; CSRF */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description No such event or handler */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not possible in this state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A dependency is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    replay_dead_letter_v1_ops_actions_replay_dead_letter_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ReplayDeadLetterRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ActionResult"];
+                };
+            };
+            /** @description Malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unauthenticated or bad signature */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not an ops user; CSRF */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description No such event or handler */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not possible in this state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A dependency is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    replay_window_v1_ops_actions_replay_window_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WindowRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ActionResult"];
+                };
+            };
+            /** @description Malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unauthenticated or bad signature */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not an ops user; CSRF */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description No such event or handler */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not possible in this state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A dependency is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    resend_v1_ops_actions_resend_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ResendRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ActionResult"];
+                };
+            };
+            /** @description Malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unauthenticated or bad signature */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not an ops user; CSRF */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description No such event or handler */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not possible in this state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A dependency is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    sweep_window_v1_ops_actions_sweep_window_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WindowRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ActionResult"];
+                };
+            };
+            /** @description Malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unauthenticated or bad signature */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not an ops user; CSRF */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description No such event or handler */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not possible in this state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A dependency is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    dead_letters_v1_ops_dead_letters_get: {
+        parameters: {
+            query?: {
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeadLetterList"];
+                };
+            };
+            /** @description Malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unauthenticated or bad signature */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not an ops user; CSRF */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A dependency is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    gaps_v1_ops_gaps_get: {
+        parameters: {
+            query?: {
+                start?: string | null;
+                end?: string | null;
+                handler?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GapResponse"];
+                };
+            };
+            /** @description Malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unauthenticated or bad signature */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not an ops user; CSRF */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description No such event or handler */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A dependency is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    whoami_v1_ops_me_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WhoAmI"];
+                };
+            };
+            /** @description Malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unauthenticated or bad signature */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not an ops user; CSRF */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A dependency is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    overview_v1_ops_overview_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Overview"];
+                };
+            };
+            /** @description Malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unauthenticated or bad signature */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not an ops user; CSRF */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A dependency is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    series_v1_ops_series_get: {
+        parameters: {
+            query?: {
+                minutes?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SeriesResponse"];
+                };
+            };
+            /** @description Malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unauthenticated or bad signature */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not an ops user; CSRF */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Validation error */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -489,9 +489,7 @@ async def _session(  # noqa: PLR0917 - private, one caller
     worker_state: WorkerState | None = None
     try:
         register(queue, settings, registry)
-        medplum.pacer = SharedBudget(
-            database.pool, reserve_fraction=settings.medplum_quota_reserve
-        )
+        medplum.pacer = SharedBudget(database.pool, reserve_fraction=settings.medplum_quota_reserve)
         repo = EventRepository(database.pool)
         processor = EventProcessor(
             medplum, settings, registry, ledger=PostgresSlotLedger(database.pool)
