@@ -77,7 +77,7 @@ QUICK = Plan(
         ),
     ),
     quota=(
-        quota_bench.QuotaScenario("quota_default", patients=3, quota=50_000, approvals=2, burst=2),
+        quota_bench.QuotaScenario("quota_default", patients=2, quota=50_000, approvals=1, burst=2),
     ),
 )
 
