@@ -130,7 +130,7 @@ def _events(database_url: str) -> list[tuple[Any, ...]]:
 
 
 def _settle(database_url: str, devserver: DevServer, timeout: float) -> bool:
-    """Every delivered notification recorded and every event processed (quiet for 1 s)."""
+    """Every delivered notification recorded and every event processed (quiet for 0.6 s)."""
     deadline = time.monotonic() + timeout
     quiet: float | None = None
     while time.monotonic() < deadline:
@@ -140,7 +140,7 @@ def _settle(database_url: str, devserver: DevServer, timeout: float) -> bool:
         open_events = [e for e in _events(database_url) if e[2] == "queued"]
         if busy == 0 and not open_events:
             quiet = quiet or time.monotonic()
-            if time.monotonic() - quiet > 1.0:
+            if time.monotonic() - quiet > 0.6:
                 return True
         else:
             quiet = None

@@ -1,7 +1,7 @@
 """``make bench``: every benchmark in one run, a table on stdout, the figures section of
 docs/benchmarks.md rewritten.
 
-    python -m benchmarks.run            # the full run (about 7 minutes on 2 cores)
+    python -m benchmarks.run            # the full run (10-20 minutes on 2 shared cores)
     python -m benchmarks.run --quick    # seconds: the same pieces, tiny; the doc is left alone
 """
 
@@ -77,7 +77,7 @@ QUICK = Plan(
         ),
     ),
     quota=(
-        quota_bench.QuotaScenario("quota_default", patients=3, quota=50_000, approvals=2, burst=2),
+        quota_bench.QuotaScenario("quota_default", patients=2, quota=50_000, approvals=1, burst=2),
     ),
 )
 

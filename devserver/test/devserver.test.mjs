@@ -64,6 +64,7 @@ describe('stats and faults', () => {
       'authRateLimit',
       'compat',
       'fhirQuota',
+      'fhirQuotaWindowMs',
       'projectFhirQuota',
       'rateLimit',
       'rateLimitHeaders',

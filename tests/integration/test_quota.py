@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import pytest
 from psycopg import AsyncConnection
-from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from app.integrations.medplum import BundleRequest
@@ -172,9 +171,10 @@ async def test_paced_workers_drain_a_backlog_without_a_429(
         retried = [e for e in pipeline.events() if int(e[8]) > 1]
         assert retried == [], "no job attempt failed"
         # What ops see: the budget as Medplum last reported it, and an empty queue.
-        async with AsyncConnectionPool[AsyncConnection[TupleRow]](
-            database_url, min_size=1, max_size=1
-        ) as pool:
+        pool: AsyncConnectionPool[AsyncConnection] = AsyncConnectionPool(
+            database_url, min_size=1, max_size=1, open=False, connection_class=AsyncConnection
+        )
+        async with pool:
             status = await quota_status(pool)
         assert status.limit is not None
         assert 0 < status.limit <= 4000
