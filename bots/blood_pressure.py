@@ -73,6 +73,14 @@ if TYPE_CHECKING:
 LEGACY_BP_PANEL_LOINC = "55284-4"
 PANEL_LOINCS = (BP_PANEL_LOINC, LEGACY_BP_PANEL_LOINC)
 READINGS = "blood-pressure"
+ENCOUNTERS = "encounters"
+# The setting of a reading, from the class of its Encounter (HL7 v3 ActCode, the codes FHIR R4
+# Encounter.class uses). ACC/AHA 2017 categories are for office readings (section 4.1);
+# out-of-office readings have other corresponding values (Table 11) and inpatient or emergency
+# readings do not diagnose hypertension, so the average uses office readings only. A reading
+# without a resolvable Encounter counts as an office reading.
+INPATIENT_CLASSES = frozenset({"IMP", "ACUTE", "NONAC", "EMER", "OBSENC", "SS", "PRENC"})
+HOME_CLASSES = frozenset({"HH", "VR"})
 
 # The average is proposed as a 85354-9 panel (value in the components 8480-6 / 8462-4) whose
 # category text says it is an average; LOINC has no dedicated code for a multi-day mean of
@@ -117,6 +125,8 @@ DECLARATION = BotDeclaration(
                 BP_PANEL_LOINC, LEGACY_BP_PANEL_LOINC, SYSTOLIC_LOINC, DIASTOLIC_LOINC, count=50
             ),
         ),
+        # The readings' settings (office, home, inpatient) from their Encounters' classes.
+        Prefetch(ENCOUNTERS, "Encounter?patient={{patient}}&_sort=-date&_count=100"),
     ),
     description=(
         "Average per occasion of the readings of the 30 days ending at the newest one (at least "
@@ -355,6 +365,30 @@ def average_effects(
     ]
 
 
+def setting_of(sourced: SourcedReading, classes: dict[str, str]) -> str:
+    """``office``, ``home`` or ``inpatient``: the class of the reading's Encounter (matched on
+    the reference's last segment, so ``Encounter/1`` and ``urn:uuid:1`` both resolve)."""
+    for view in sourced.sources:
+        reference = view.reference_of("encounter")
+        code = classes.get(reference.rsplit("/", 1)[-1].rsplit(":", 1)[-1]) if reference else None
+        if code in INPATIENT_CLASSES:
+            return "inpatient"
+        if code in HOME_CLASSES:
+            return "home"
+    return "office"
+
+
+def encounter_classes(context: BotContext) -> dict[str, str]:
+    classes: dict[str, str] = {}
+    for encounter in context.prefetched.get(ENCOUNTERS, []):
+        kind = encounter.get("class")
+        code = kind.get("code") if isinstance(kind, dict) else None
+        identifier = encounter.get("id")
+        if isinstance(code, str) and isinstance(identifier, str):
+            classes[identifier] = code
+    return classes
+
+
 @dataclass(frozen=True, slots=True)
 class BloodPressureBot:
     declaration: BotDeclaration = DECLARATION
@@ -388,6 +422,21 @@ class BloodPressureBot:
         adult = self._adult_at(context, newest_at)
         if adult is not None:
             return [*effects, adult]
+        # Settings kept apart: the crisis check above reads every reading; the average only
+        # office readings, over the 30 days ending at the newest office reading.
+        classes = encounter_classes(context)
+        office = [s for s in readings if setting_of(s, classes) == "office"]
+        if not office:
+            return [
+                *effects,
+                NoResult(
+                    "no office reading: home and inpatient readings are not averaged with the "
+                    "ACC/AHA office categories",
+                    INSUFFICIENT_EVIDENCE,
+                ),
+            ]
+        office_newest = office[-1].reading.taken_at
+        window = [s for s in office if s.reading.taken_at >= office_newest - AVERAGING_WINDOW]
         assessment = assess_blood_pressure([s.reading for s in window])
         if assessment.systolic is None or assessment.diastolic is None:
             return [*effects, NoResult(assessment.reason or "no average", assessment.outcome.value)]

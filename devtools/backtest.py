@@ -4,8 +4,9 @@ For each patient bundle (a FHIR Bundle holding one Patient and their resources, 
 writes them), every Observation matching the bot's trigger is replayed as a ``create`` in
 chronological order, with a context built from that patient's resources *as they stood at
 that moment*: each prefetch query is emulated on the resources effective up to the event's
-time (its codes, ``clinical-status``, ``_sort=-date`` and ``_count``), and a Condition counts
-as active when its onset is at or before the moment and it had not abated by then.
+time (its codes, ``clinical-status``, ``_sort=-date`` and ``_count``), a Condition counts
+as active when its onset is at or before the moment and it had not abated by then, and an
+Encounter is there from its ``period.start``.
 
 Only the parts of FHIR search the bots' declarations use are emulated: ``code`` and
 ``clinical-status`` token lists (``system|code``), ``_sort=-date`` and ``_count``; ``subject``
@@ -217,7 +218,11 @@ def run_query(query: Query, resources: Sequence[JSONObject], moment: datetime) -
             onset = parse_datetime(get_str(resource, "onsetDateTime")) or moment
             found.append((onset, get_str(resource, "id") or "", as_of))
             continue
-        effective = _observation_time(resource)
+        if query.resource_type == "Encounter":
+            period = get_object(resource, "period") or {}
+            effective = parse_datetime(get_str(period, "start"))
+        else:
+            effective = _observation_time(resource)
         if effective is None or effective > moment:
             continue
         found.append((effective, get_str(resource, "id") or "", resource))

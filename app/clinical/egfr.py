@@ -15,7 +15,6 @@ from app.clinical.result import (
     Citation,
     MetricResult,
     Outcome,
-    Suggestion,
     invalid_magnitude,
     round_half_up,
 )
@@ -194,24 +193,6 @@ def persistently_reduced_egfr(series: Iterable[tuple[datetime, float]]) -> bool:
         if latest_normal_at is None or taken_at > latest_normal_at
     ]
     return bool(run) and newest_at - run[0] >= CKD_PERSISTENCE
-
-
-def ckd_review_suggestion(series: Iterable[tuple[datetime, float]]) -> Suggestion | None:
-    """A CKD review when ``persistently_reduced_egfr`` holds for the series."""
-    values = sorted(series, key=lambda item: item[0])
-    if not persistently_reduced_egfr(values):
-        return None
-    newest = values[-1][1]
-    return Suggestion(
-        title=f"Review for chronic kidney disease: eGFR below 60 for 90+ days (latest {newest:g})",
-        rationale=(
-            f"eGFR has been below {REDUCED_EGFR_THRESHOLD:g} mL/min/1.73 m2 on every result for "
-            f"at least {CKD_PERSISTENCE.days} days (latest {newest:g}, KDIGO "
-            f"{gfr_category(newest)}). KDIGO 2012: GFR < 60 for more than 3 months meets the "
-            "definition of chronic kidney disease."
-        ),
-        citation=KDIGO_2012_CKD,
-    )
 
 
 def _no_egfr(outcome: Outcome, reason: str) -> MetricResult:

@@ -14,6 +14,8 @@ from bots.blood_pressure import BOT
 
 from .fhir import bp_panel, context, event, observation, patient, run
 
+WOMAN_60 = patient(birth_date="1964-05-01", gender="female")
+
 
 def bp(
     notified: JSONObject, *readings: JSONObject, patient_json: JSONObject | None = None
@@ -27,7 +29,8 @@ def test_declaration() -> None:
     for code in ("85354-9", "55284-4", "8480-6", "8462-4"):
         assert f"http://loinc.org|{code}" in d.trigger.criteria
     assert d.trigger.criteria.startswith("Observation?code=")
-    [prefetch] = d.prefetch
+    prefetch, encounters = d.prefetch
+    assert encounters.query == "Encounter?patient={{patient}}&_sort=-date&_count=100"
     assert d.policy("bp-average").actionable is False
     assert d.policy("hypertension").actionable is True
     assert prefetch.query.endswith("&_sort=-date&_count=50")
@@ -190,3 +193,48 @@ def test_panel_without_components_never_raises() -> None:
     empty["component"] = [{"code": "x"}, 3]
     [no_result] = bp(empty)
     assert isinstance(no_result, NoResult)
+
+
+def _in(panel: JSONObject, encounter_id: str) -> JSONObject:
+    return {**panel, "encounter": {"reference": f"Encounter/{encounter_id}"}}
+
+
+def _encounter(eid: str, code: str) -> JSONObject:
+    return {"resourceType": "Encounter", "id": eid, "class": {"code": code}}
+
+
+def test_settings_are_kept_apart_inpatient_and_home_readings_are_not_averaged() -> None:
+    office_1 = _in(bp_panel("bp1", 128, 78, "2024-04-20T08:00:00Z"), "e-office")
+    office_2 = _in(bp_panel("bp2", 126, 76, "2024-04-27T08:00:00Z"), "e-office")
+    inpatient = _in(bp_panel("bp3", 165, 100, "2024-04-28T08:00:00Z"), "e-ward")
+    home = _in(bp_panel("bp4", 150, 95, "2024-05-01T08:00:00Z"), "e-home")
+    effects = run(
+        BOT,
+        home,
+        WOMAN_60,
+        **{
+            "blood-pressure": [home, inpatient, office_2, office_1],
+            "encounters": [
+                _encounter("e-office", "AMB"),
+                _encounter("e-ward", "IMP"),
+                _encounter("e-home", "HH"),
+            ],
+        },
+    )
+    proposal = next(e for e in effects if isinstance(e, ProposeObservation))
+    assert [c.value for c in proposal.components] == [127.0, 77.0]  # office readings only
+    assert {e.reference for e in proposal.evidence} == {"Observation/bp1", "Observation/bp2"}
+    assert proposal.slot == "bp-average"  # elevated: listed, no Task
+
+
+def test_an_inpatient_crisis_reading_still_opens_an_urgent_task() -> None:
+    crisis = _in(bp_panel("bp9", 190, 125, "2024-05-01T08:00:00Z"), "e-ward")
+    effects = run(
+        BOT,
+        crisis,
+        WOMAN_60,
+        **{"blood-pressure": [crisis], "encounters": [_encounter("e-ward", "IMP")]},
+    )
+    assert any(isinstance(e, OpenReviewTask) and e.priority == "urgent" for e in effects)
+    [no_result] = [e for e in effects if isinstance(e, NoResult)]
+    assert "no office reading" in no_result.reason

@@ -121,9 +121,9 @@ def test_a_late_older_creatinine_never_replaces_a_newer_pending_referral() -> No
     assert [p.id for p in worklist.open("egfr.ckd-referral")] == [pending.id]
     assert worklist.open("egfr.ckd-referral")[0].version_id == pending.version_id
     assert "G4" in str(worklist.open("egfr.ckd-referral")[0].json["code"])
-    assert any(n.outcome == OLDER_THAN_PENDING for n in late.no_results) or not any(
-        s.slot == "ckd-referral" for s in late.slots
-    )
+    # The kidney actions rest on the newest result held (June): the same suggestion, a replay.
+    assert "ckd-referral" in late.unchanged
+    assert not [s for s in late.slots if s.slot == "ckd-referral"]
 
 
 def test_newer_evidence_updates_the_one_open_task_in_place() -> None:
@@ -375,3 +375,19 @@ def test_a_protocols_snooze_is_configurable() -> None:
     )
     assert not any(n.outcome == SNOOZED for n in overridden.no_results)
     assert [s.action for s in overridden.slots if s.slot == "ckd-referral"] == ["created"]
+
+
+def test_a_late_older_result_never_replaces_a_newer_pending_task_by_clinical_time() -> None:
+    """The plan's own guard, for a bot that acts on the notified result (a BMI of a weight
+    taken before the pending referral's)."""
+    worklist = Worklist()
+    tall = height("h1", 175, "2024-01-01T08:00:00Z")
+    june = weight_obs("w2", 100, "2024-06-01T08:00:00Z")
+    worklist.run(OBESITY, june, now=JUNE, weights=[june], heights=[tall])
+    [pending] = worklist.open("obesity.weight-management")
+    may = weight_obs("w1", 110, "2024-05-01T08:00:00Z")
+    # The May weight arrives later and, in this context, is the only weight the bot sees.
+    late = worklist.run(OBESITY, may, now=JUNE, weights=[may], heights=[tall])
+    assert [n.outcome for n in late.no_results] == [OLDER_THAN_PENDING]
+    [still] = worklist.open("obesity.weight-management")
+    assert (still.id, still.version_id) == (pending.id, pending.version_id)

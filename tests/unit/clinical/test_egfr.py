@@ -12,7 +12,6 @@ from app.clinical.egfr import (
     EGFR_UNIT,
     KDIGO_2012_CKD,
     GfrCategory,
-    ckd_review_suggestion,
     creatinine_mg_per_dl,
     egfr_ckd_epi_2021,
     gfr_category,
@@ -214,12 +213,3 @@ class TestPersistentlyReducedEgfr:
 
     def test_a_normal_value_at_the_same_instant_counts(self) -> None:
         assert not persistently_reduced_egfr(series((0, 55), (0, 65), (90, 52)))
-
-    def test_suggestion_cites_kdigo(self) -> None:
-        suggestion = ckd_review_suggestion(series((0, 55), (100, 48)))
-        assert suggestion is not None
-        assert suggestion.citation == KDIGO_2012_CKD
-        assert "latest 48" in suggestion.title
-        assert "G3a" in suggestion.rationale
-        assert len(suggestion.title) < 140
-        assert ckd_review_suggestion(series((0, 55), (10, 48))) is None

@@ -58,6 +58,11 @@ CORPUS: dict[str, tuple[tuple[JSONObject, ...], str]] = {
         "egfr.ckd-referral",
     ),
     "G5": ((creatinine("c1", 4.5, "2024-05-01T08:00:00Z"),), "egfr.ckd-referral"),
+    # Finding 5: 13 daily inpatient creatinines made 13 Tasks.
+    "13 daily G4 creatinines": (
+        tuple(creatinine(f"c{d}", 2.0, f"2024-05-{d + 1:02d}T06:00:00Z") for d in range(13)),
+        "egfr.ckd-referral",
+    ),
     "AKI-like fall, then a further rise": (
         (
             creatinine("c1", 0.8, "2024-05-01T08:00:00Z"),
