@@ -4,9 +4,9 @@ embedded default.
 Starts the Medplum stand-in, the embedded PostgreSQL (a fresh ``starvit_demo`` database), the
 receiver (Gunicorn + Uvicorn) and a worker; syncs the Subscriptions; posts the Synthea
 patients as the integration partner, through the service's partner API (``POST /v1/bundles``,
-with the stand-in's partner registry ``devserver/partners.json``); shows the pending Tasks as a
-clinician sees them; approves one and rejects one as a signed-in clinician; shows the resulting
-records and the Provenance chain; and stops everything it started.
+with the stand-in's partner registry ``devserver/partners.json``); shows the pending Tasks as
+a clinician sees them; approves one and rejects one as a signed-in clinician; shows the
+resulting records and the Provenance chain; and stops everything it started.
 """
 
 from __future__ import annotations
