@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 
 import pytest
 
@@ -100,6 +101,7 @@ async def test_the_worker_processes_everything_after_a_database_restart(
     postgres.stop()
     await asyncio.sleep(1.5)
     postgres.start()
+    restarted_at = datetime.now(UTC)
     during = await during_task
     after = await burst(pipeline, 2)
 
@@ -108,6 +110,16 @@ async def test_the_worker_processes_everything_after_a_database_restart(
     assert worker.alive(), "\n".join(worker.output[-30:])
     assert log_events(worker, "worker_reconnecting"), "the worker never noticed the outage"
     assert not log_events(worker, "worker_gave_up")
+    resumed = [
+        datetime.fromisoformat(e["timestamp"])
+        for e in log_events(worker, "worker_started")
+        if datetime.fromisoformat(e["timestamp"]) >= restarted_at
+    ]
+    assert resumed, "no new worker session after the restart"
+    print(  # noqa: T201 - the figure, for the test log
+        f"worker session resumed {(resumed[0] - restarted_at).total_seconds():.2f} s after the "
+        f"database restart; reconnect attempts: {len(log_events(worker, 'worker_reconnecting'))}"
+    )
     assert all(row[5] == "processed" for row in event_rows(pipeline.database_url))
     await one_suggestion_each(pipeline, before + during + after)
     assert_each_event_once(pipeline.database_url)
