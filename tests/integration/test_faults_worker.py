@@ -35,7 +35,7 @@ FAST_RECOVERY = {
     # No periodic sweep: everything here must come from notifications and the worker itself.
     "STARVIT_SWEEP_INTERVAL_SECONDS": "0",
     "STARVIT_JOB_STALLED_SECONDS": "4",
-    "STARVIT_WORKER_HEARTBEAT_SECONDS": "1",
+    "STARVIT_WORKER_HEARTBEAT_SECONDS": "2",
 }
 
 
@@ -136,11 +136,15 @@ async def test_a_killed_child_is_restarted_and_its_jobs_are_recovered(
     def alive_pids() -> set[int]:
         rows = query(
             url,
-            "SELECT pid FROM starvit.worker_heartbeats WHERE last_beat > now() - interval '3 s'",
+            "SELECT pid FROM starvit.worker_heartbeats WHERE last_beat > now() - interval '6 s'",
         )
         return {int(r[0]) for r in rows}
 
-    first = await wait_until(lambda: len(alive_pids()) == 2 and alive_pids(), within=60)
+    def two_alive() -> set[int]:
+        pids = alive_pids()
+        return pids if len(pids) == 2 else set()
+
+    first = await wait_until(two_alive, within=60)
     patients_task = asyncio.create_task(burst(pipeline, 6))
     await wait_until(
         lambda: query(url, "SELECT count(*) FROM starvit.event_keys")[0][0] > 0, within=30
@@ -149,10 +153,11 @@ async def test_a_killed_child_is_restarted_and_its_jobs_are_recovered(
     os.kill(victim, signal.SIGKILL)
     patients = await patients_task
 
-    replaced = await wait_until(
-        lambda: len(alive_pids()) == 2 and victim not in alive_pids() and alive_pids(),
-        within=60,
-    )
+    def replaced_alive() -> set[int]:
+        pids = two_alive()
+        return pids if victim not in pids else set()
+
+    replaced = await wait_until(replaced_alive, within=60)
     assert len(replaced - first) == 1
     assert supervisor.alive()
     assert [e["exit_code"] for e in log_events(supervisor, "worker_child_exited")] == [
@@ -164,6 +169,12 @@ async def test_a_killed_child_is_restarted_and_its_jobs_are_recovered(
     assert all(row[5] == "processed" for row in event_rows(url))
     await one_suggestion_each(pipeline, patients)
     assert_each_event_once(url)
+
+    # The liveness check sees both children (the restarted one included) and nothing waiting.
+    check = pipeline.stack.run("jobs", "workers")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "alive workers: 2" in check.stdout
+    assert "oldest unstarted event: none waiting" in check.stdout
 
 
 async def test_a_worker_that_must_stop_exits_non_zero_and_says_why(
@@ -183,3 +194,10 @@ async def test_a_worker_that_must_stop_exits_non_zero_and_says_why(
         assert gave_up["level"] == "error"
         assert gave_up["reason"]
         postgres.start()
+        # The liveness check notices once its heartbeat is three intervals old.
+        check = await wait_until(
+            lambda: (run := pipeline.stack.run("jobs", "workers")).returncode == 1 and run,
+            within=30,
+        )
+        assert "alive workers: 0" in check.stdout
+        assert "no worker alive" in check.stderr
