@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 
 import pytest
 
@@ -34,7 +35,7 @@ FAST_RECOVERY = {
     # No periodic sweep: everything here must come from notifications and the worker itself.
     "STARVIT_SWEEP_INTERVAL_SECONDS": "0",
     "STARVIT_JOB_STALLED_SECONDS": "4",
-    "STARVIT_WORKER_HEARTBEAT_SECONDS": "1",
+    "STARVIT_WORKER_HEARTBEAT_SECONDS": "2",
 }
 
 
@@ -100,6 +101,7 @@ async def test_the_worker_processes_everything_after_a_database_restart(
     postgres.stop()
     await asyncio.sleep(1.5)
     postgres.start()
+    restarted_at = datetime.now(UTC)
     during = await during_task
     after = await burst(pipeline, 2)
 
@@ -108,6 +110,16 @@ async def test_the_worker_processes_everything_after_a_database_restart(
     assert worker.alive(), "\n".join(worker.output[-30:])
     assert log_events(worker, "worker_reconnecting"), "the worker never noticed the outage"
     assert not log_events(worker, "worker_gave_up")
+    resumed = [
+        datetime.fromisoformat(e["timestamp"])
+        for e in log_events(worker, "worker_started")
+        if datetime.fromisoformat(e["timestamp"]) >= restarted_at
+    ]
+    assert resumed, "no new worker session after the restart"
+    print(  # noqa: T201 - the figure, for the test log
+        f"worker session resumed {(resumed[0] - restarted_at).total_seconds():.2f} s after the "
+        f"database restart; reconnect attempts: {len(log_events(worker, 'worker_reconnecting'))}"
+    )
     assert all(row[5] == "processed" for row in event_rows(pipeline.database_url))
     await one_suggestion_each(pipeline, before + during + after)
     assert_each_event_once(pipeline.database_url)
@@ -124,11 +136,15 @@ async def test_a_killed_child_is_restarted_and_its_jobs_are_recovered(
     def alive_pids() -> set[int]:
         rows = query(
             url,
-            "SELECT pid FROM starvit.worker_heartbeats WHERE last_beat > now() - interval '3 s'",
+            "SELECT pid FROM starvit.worker_heartbeats WHERE last_beat > now() - interval '6 s'",
         )
         return {int(r[0]) for r in rows}
 
-    first = await wait_until(lambda: len(alive_pids()) == 2 and alive_pids(), within=60)
+    def two_alive() -> set[int]:
+        pids = alive_pids()
+        return pids if len(pids) == 2 else set()
+
+    first = await wait_until(two_alive, within=60)
     patients_task = asyncio.create_task(burst(pipeline, 6))
     await wait_until(
         lambda: query(url, "SELECT count(*) FROM starvit.event_keys")[0][0] > 0, within=30
@@ -137,10 +153,11 @@ async def test_a_killed_child_is_restarted_and_its_jobs_are_recovered(
     os.kill(victim, signal.SIGKILL)
     patients = await patients_task
 
-    replaced = await wait_until(
-        lambda: len(alive_pids()) == 2 and victim not in alive_pids() and alive_pids(),
-        within=60,
-    )
+    def replaced_alive() -> set[int]:
+        pids = two_alive()
+        return pids if victim not in pids else set()
+
+    replaced = await wait_until(replaced_alive, within=60)
     assert len(replaced - first) == 1
     assert supervisor.alive()
     assert [e["exit_code"] for e in log_events(supervisor, "worker_child_exited")] == [
@@ -152,6 +169,12 @@ async def test_a_killed_child_is_restarted_and_its_jobs_are_recovered(
     assert all(row[5] == "processed" for row in event_rows(url))
     await one_suggestion_each(pipeline, patients)
     assert_each_event_once(url)
+
+    # The liveness check sees both children (the restarted one included) and nothing waiting.
+    check = pipeline.stack.run("jobs", "workers")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "alive workers: 2" in check.stdout
+    assert "oldest unstarted event: none waiting" in check.stdout
 
 
 async def test_a_worker_that_must_stop_exits_non_zero_and_says_why(
@@ -171,3 +194,10 @@ async def test_a_worker_that_must_stop_exits_non_zero_and_says_why(
         assert gave_up["level"] == "error"
         assert gave_up["reason"]
         postgres.start()
+        # The liveness check notices once its heartbeat is three intervals old.
+        check = await wait_until(
+            lambda: (run := pipeline.stack.run("jobs", "workers")).returncode == 1 and run,
+            within=30,
+        )
+        assert "alive workers: 0" in check.stdout
+        assert "no worker alive" in check.stderr
