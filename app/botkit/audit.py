@@ -22,6 +22,7 @@ def audit_event(
     reasons: list[str],
     succeeded: bool,
     now: datetime,
+    required: bool = False,
 ) -> PlannedWrite:
     """One AuditEvent per processed event: inputs (version-specific references), outputs
     (logical references by identifier or direct), the handler and its version, the outcome
@@ -70,4 +71,6 @@ def audit_event(
             *entities,
         ],
     }
-    return PlannedWrite("POST", resource, if_none_exist=f"_tag={RUN_SYSTEM}|{key}")
+    return PlannedWrite(
+        "POST", resource, if_none_exist=f"_tag={RUN_SYSTEM}|{key}", audit_required=required
+    )

@@ -17,6 +17,9 @@ class PlannedWrite:
     full_url: str | None = None  # a urn:uuid other writes of the same transaction refer to
     if_none_exist: str | None = None  # conditional create
     if_match_version: str | None = None  # guarded update (PUT)
+    # An AuditEvent sent whatever STARVIT_MEDPLUM_AUDIT_EVENTS says (an action with no
+    # Provenance of its own, such as an escalation).
+    audit_required: bool = False
 
 
 def strip_meta(resource: JSONObject) -> JSONObject:

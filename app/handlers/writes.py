@@ -12,12 +12,16 @@ conditional entries runs serialisable (conflicts, retried and charged again by M
   search it made anyway) asks for plain creates (``plain_creates``);
 * AuditEvents follow ``STARVIT_MEDPLUM_AUDIT_EVENTS``: with ``failures`` (the default) only an
   event whose action failed or was refused (outcome 4) gets one; a success is recorded by its
-  Provenance (inputs, outputs, bot version) and every event's outcome by the events table.
+  Provenance (inputs, outputs, bot version) and every event's outcome by the events table. An
+  action without a Provenance of its own (an escalation) marks its AuditEvent
+  ``audit_required`` and is always audited.
 
 None of this applies to batches (no transaction-bundles feature): entries there can partially
 succeed, so every create stays conditional."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from app.fhir.resource_json import JSONObject, iter_references, rewrite_resource
 from app.fhir.writes import PlannedWrite
@@ -43,13 +47,15 @@ def audited(write: PlannedWrite, policy: str) -> bool:
     """Whether an AuditEvent write is sent under the audit policy (other writes always are)."""
     if write.resource.get("resourceType") != "AuditEvent" or policy == "all":
         return True
+    if write.audit_required:
+        return True
     return write.resource.get("outcome") != "0"
 
 
 def plain(write: PlannedWrite) -> PlannedWrite:
     if write.method != "POST" or write.if_none_exist is None:
         return write
-    return PlannedWrite(write.method, write.resource, write.full_url, None, write.if_match_version)
+    return replace(write, if_none_exist=None)
 
 
 def guarded(chunk: list[PlannedWrite]) -> bool:

@@ -114,6 +114,8 @@ async def escalate_tasks(
                     ],
                     succeeded=True,
                     now=moment,
+                    # An escalation has no Provenance: its AuditEvent is its record.
+                    required=True,
                 )
             )
             groups.append(writes)

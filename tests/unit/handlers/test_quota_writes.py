@@ -48,6 +48,19 @@ async def test_a_failed_or_refused_action_keeps_its_audit_event() -> None:
     assert resource_types(medplum.calls[0]) == ["Task", "AuditEvent"]
 
 
+async def test_a_required_audit_event_is_sent_under_failures() -> None:
+    """An escalation has no Provenance: its successful AuditEvent is its only record."""
+    medplum = FakeMedplum()
+    required = PlannedWrite(
+        "POST",
+        {"resourceType": "AuditEvent", "outcome": "0"},
+        if_none_exist="_tag=run|k",
+        audit_required=True,
+    )
+    await executor(medplum, audit="failures").apply([[CANCEL, required]], None)
+    assert resource_types(medplum.calls[0]) == ["Task", "AuditEvent"]
+
+
 async def test_an_audit_event_alone_that_is_dropped_sends_nothing() -> None:
     medplum = FakeMedplum()
     assert await executor(medplum, audit="failures").apply([[AUDIT]], None) == 0
