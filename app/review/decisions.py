@@ -336,6 +336,29 @@ def _describe(standing: StandingDecision) -> str:
     return f"this suggestion was already {verb}{who}{when}"
 
 
+def own_write(task: TaskView, service: str) -> bool:
+    """A Task version the service wrote as itself (a note, a put-back)."""
+    return task.author == service and task.on_behalf_of is None
+
+
+def needs_no_answer(task: TaskView, focus: JSONObject | None, service: str) -> bool:
+    """The service's own version of a Task is not a decision to answer (its Subscription
+    excludes them; a sweep or a redelivery may still bring one, and answering would need a
+    write the service's policy refuses over its own version), unless it carries a decided
+    status over a proposal still pending: the service never decides, so such a version is
+    refused like any other (returned for review, a status the service may always write)."""
+    if not own_write(task, service):
+        return False
+    if decision_of(task.status) is None or focus is None:
+        return True
+    view = ResourceView(focus)
+    pending = (
+        view.tagged(TAG_SYSTEM, TAG_CODE)
+        and proposal_status_after(view.resource_type, view.status, "approve") is not None
+    )
+    return not pending
+
+
 def plan_review(
     task: TaskView,
     *,

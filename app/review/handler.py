@@ -39,6 +39,7 @@ from app.review.decisions import (
     Actor,
     clinician_relation,
     has_clinician_role,
+    needs_no_answer,
     owner_before_decision,
     plan_list_review,
     plan_review,
@@ -141,6 +142,8 @@ class ReviewHandler(EventHandler):
         history = search_resources(answers[_HISTORY])[0]
         focus_ref = task.focus
         focus = next((r for r in included if ResourceView(r).reference == focus_ref), None)
+        if needs_no_answer(task, focus, settings.service_author):
+            return Processed("own_write", requests)
         roles = search_resources(answers[_ROLES])[0] if _ROLES in answers else []
         practitioner = _resource_or_none(answers.get(_PRACTITIONER))
         now = context.clock()

@@ -44,6 +44,7 @@ from app.review.decisions import (
     Actor,
     clinician_relation,
     has_clinician_role,
+    needs_no_answer,
     owner_before_decision,
     plan_review,
     previous_version,
@@ -138,6 +139,9 @@ class Store:
     valid_when_written: dict[str, frozenset[str]] = field(default_factory=dict[str, frozenset[str]])
     # Decision notifications not processed yet: (Task reference, version id).
     queue: list[tuple[str, str]] = field(default_factory=list[tuple[str, str]])
+    # Tasks someone changed with the service's own credentials (outside the threat model the
+    # decision loop can repair: the service's policy forbids it to write over its own version).
+    written_as_service: set[str] = field(default_factory=set[str])
 
     def __post_init__(self) -> None:
         for practitioner in CLINICIANS:
@@ -298,6 +302,8 @@ def change_status(
     if actor == SERVICE and not service_may_write_task(before, task):
         return  # 403
     ref = f"Task/{task['id']}"
+    if actor == SERVICE:
+        store.written_as_service.add(ref)
     if store._put(ref, task, actor, on_behalf_of):
         store.queue.append((ref, ResourceView(store.resources[ref]).version_id))
 
@@ -335,6 +341,8 @@ def run_review(store: Store, ref: str, version_id: str) -> None:
         roles, decider, CODES, practitioner_resource=practitioner, now=NOW
     )
     focus = store.resources.get(version.focus or "")
+    if needs_no_answer(version, focus, SERVICE):
+        return  # as the handler: the service's own version is no decision
     standing = None
     if focus is not None:
         provenances = [p for p in store.of_type("Provenance") if ResourceView(p).author == SERVICE]
@@ -434,7 +442,10 @@ def assert_task_and_proposal_agree(store: Store) -> None:
     for resource in store.of_type("Task"):
         task = TaskView(resource)
         focus = store.resources.get(task.focus or "")
-        if focus is None:
+        if focus is None or task.reference in store.written_as_service:
+            # With the service's own credentials a Task's status can be set over a decision
+            # the service cannot write back; what must still hold (nothing final or active
+            # without a clinician) is checked for every resource.
             continue
         proposal = ResourceView(focus)
         note = str(resource.get("businessStatus"))
@@ -522,6 +533,24 @@ def test_nothing_is_final_or_active_without_a_clinician_acting_as_themselves(
         ):
             assert view.reference in approved, f"{view.reference} is {view.status} without approval"
     assert_task_and_proposal_agree(store)
+
+
+def test_the_service_rewriting_a_decided_task_is_not_answered() -> None:
+    """Found by the property below: a clinician completes, the service then writes the
+    completed Task again as itself. Answering that version would need a write the service's
+    policy refuses; it is the service's own write, not a decision."""
+    store = Store()
+    propose(store, 1, False)
+    change_status(store, ACTORS["clinician"], "completed", 0)
+    process(store, 0)
+    change_status(store, ACTORS["service"], "completed", 0)
+    assert store.queue  # the model delivers it, as a sweep could
+    while store.queue:
+        process(store, 0)  # raised before: the answer needed a write the policy refuses
+    [task] = store.of_type("Task")
+    assert task["status"] == "completed"
+    [proposal] = [r for r in store.of_type("Observation") if r["status"] == "final"]
+    assert ResourceView(proposal).reference in approvals_by_clinician(store)
 
 
 def decide(store: Store, actor: str, status: str, task_index: int) -> None:
