@@ -174,7 +174,10 @@ async def process_event(context: JobContext, event_id: int, trace_id: str | None
             )
             raise
         await worker.repo.finish(
-            event_id, outcome=result.outcome, medplum_requests=result.medplum_requests
+            event_id,
+            outcome=result.outcome,
+            medplum_requests=result.medplum_requests,
+            quota_points=result.quota_points,
         )
         worker.jobs_done += 1
     finally:

@@ -57,7 +57,7 @@ class EventProcessor:
         if meter.requests:
             # What was really sent, the client's retries included (the handler counts the
             # requests it made, once each).
-            result = replace(result, medplum_requests=meter.requests)
+            result = replace(result, medplum_requests=meter.requests, quota_points=meter.points)
         log.info(
             "event_processed",
             event_id=event.id,

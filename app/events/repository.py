@@ -369,13 +369,15 @@ class EventRepository:
         *,
         outcome: str,
         medplum_requests: int,
+        quota_points: int | None = None,
     ) -> None:
         async with self.pool.connection() as conn:
             await conn.execute(
                 "UPDATE starvit.event_keys SET status = 'processed', outcome = %s, "
                 "error_code = NULL, processed_at = now(), medplum_requests = %s, "
+                "quota_points = %s, "
                 "latency_ms = extract(epoch FROM now() - received_at) * 1000 WHERE id = %s",
-                (outcome, medplum_requests, event_id),
+                (outcome, medplum_requests, quota_points, event_id),
             )
 
     async def fail(

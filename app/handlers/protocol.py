@@ -131,6 +131,8 @@ class Processed:
     outcome: str  # a stable code: proposed, unchanged, finalised, refused, ...
     medplum_requests: int
     writes: int = 0
+    # Medplum quota points the event spent, as the client counted them (set by the processor).
+    quota_points: int | None = None
 
 
 class PermanentFailure(Exception):

@@ -8,15 +8,18 @@ Replayed events (``event_keys.replayed_at``) and deliveries caused by an ops ``$
 (a ``resend`` row of ``ops_actions`` for the resource shortly before the delivery) say nothing
 about Medplum's delivery or the pipeline's latency: the delivery-health figures leave them out.
 
-Panels that depend on tables other branches of the schema add (the shared quota budget) read
-them only when they exist (:func:`budget_left`): this module is the one place to connect them.
+The worker heartbeats and the shared quota budget are read through their owners' queries
+(:mod:`app.events.heartbeats`, :mod:`app.integrations.medplum.budget`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
+
+from app.events.heartbeats import list_heartbeats
+from app.integrations.medplum.budget import quota_status
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -90,6 +93,7 @@ class Latency:
     p99_ms: float | None
     round_trips_avg: float | None
     round_trips_p95: float | None
+    quota_points_avg: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +110,10 @@ class MinutePoint:
 
 @dataclass(frozen=True, slots=True)
 class WorkerBeat:
-    worker_id: int
+    worker_id: str
     last_heartbeat: datetime
     age_seconds: float
+    jobs_done: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,16 +301,19 @@ async def latency(pool: AsyncConnectionPool) -> Latency:
                 percentile_cont(0.9) WITHIN GROUP (ORDER BY latency_ms),
                 percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms),
                 avg(medplum_requests),
-                percentile_cont(0.95) WITHIN GROUP (ORDER BY medplum_requests)
+                percentile_cont(0.95) WITHIN GROUP (ORDER BY medplum_requests),
+                avg(quota_points)
             FROM starvit.event_keys
             WHERE status = 'processed' AND processed_at > now() - interval '1 hour'
               AND replayed_at IS NULL AND latency_ms IS NOT NULL
             """
         )
-        row = await cursor.fetchone() or (0, None, None, None, None, None)
+        row = await cursor.fetchone() or (0, None, None, None, None, None, None)
 
-    p50, p90, p99, trips_avg, trips_p95 = (float(v) if v is not None else None for v in row[1:6])
-    return Latency(int(row[0]), p50, p90, p99, trips_avg, trips_p95)
+    p50, p90, p99, trips_avg, trips_p95, points = (
+        float(v) if v is not None else None for v in row[1:7]
+    )
+    return Latency(int(row[0]), p50, p90, p99, trips_avg, trips_p95, points)
 
 
 async def minute_series(pool: AsyncConnectionPool, minutes: int = 60) -> list[MinutePoint]:
@@ -384,20 +392,26 @@ async def minute_series(pool: AsyncConnectionPool, minutes: int = 60) -> list[Mi
 
 
 async def worker_heartbeats(pool: AsyncConnectionPool) -> list[WorkerBeat]:
-    """Each worker's last heartbeat, as procrastinate records it (``procrastinate_workers``)."""
-    async with pool.connection() as conn:
-        cursor = await conn.execute(
-            "SELECT id, last_heartbeat, extract(epoch FROM now() - last_heartbeat) "
-            "FROM procrastinate_workers ORDER BY id"
-        )
-        return [WorkerBeat(int(r[0]), r[1], max(0.0, float(r[2]))) for r in await cursor.fetchall()]
+    """Each worker process's last heartbeat (``starvit.worker_heartbeats``, written every
+    ``STARVIT_WORKER_HEARTBEAT_SECONDS`` by every worker process), the most recent first."""
+    return [
+        WorkerBeat(beat.worker_id, beat.last_beat, max(0.0, beat.age_seconds), beat.jobs_done)
+        for beat in await list_heartbeats(pool)
+    ]
 
 
 async def budget_left(pool: AsyncConnectionPool) -> Budget | None:
-    """The shared Medplum quota budget left. This schema has no budget table yet: None (the
-    dashboard says "not recorded"). The merge with the quota budget connects it here."""
-    del pool
-    return None
+    """The shared Medplum quota budget as Medplum last reported it (``RateLimit``), or None
+    before any answer was recorded."""
+    status = await quota_status(pool)
+    if status.remaining is None:
+        return None
+    resets = (
+        datetime.now(UTC) + timedelta(seconds=status.reset_in_seconds)
+        if status.reset_in_seconds is not None
+        else None
+    )
+    return Budget(points_left=status.remaining, window_resets_at=resets)
 
 
 async def is_known_event(

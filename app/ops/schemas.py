@@ -61,7 +61,7 @@ class DeadLetterItem(BaseModel):
 
 
 class WorkerItem(BaseModel):
-    worker_id: int
+    worker_id: str
     last_heartbeat: datetime
     age_seconds: float
     alive: bool

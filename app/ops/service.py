@@ -299,7 +299,7 @@ class OpsService:
             latency_p99_ms=timing.p99_ms,
             medplum_round_trips_avg=timing.round_trips_avg,
             medplum_round_trips_p95=timing.round_trips_p95,
-            quota_points_per_event=None,
+            quota_points_per_event=timing.quota_points_avg,
             budget=BudgetPanel(
                 points_left=budget.points_left, window_resets_at=budget.window_resets_at
             )

@@ -14,7 +14,7 @@ budget and the coalescing counters.
 Nothing here is PHI: digests of references, handler names, counts and times.
 
 Revision ID: 0005_quota
-Revises: 0003
+Revises: 0004_reliability
 """
 
 from __future__ import annotations

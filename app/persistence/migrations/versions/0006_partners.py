@@ -13,7 +13,7 @@ rate-limit windows and concurrency leases per partner, and the PHI-free audit of
   by resource type, status, error code, dry run, duration. No resource content.
 
 Revision ID: 0006_partners
-Revises: 0003
+Revises: 0005_quota
 """
 
 from __future__ import annotations

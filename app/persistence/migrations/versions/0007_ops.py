@@ -11,7 +11,7 @@ on an event key.
 * Two indexes for the dashboard's reads: the newest event of a handler, and replayed events.
 
 Revision ID: 0007_ops
-Revises: 0003
+Revises: 0006_partners
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@
 Neither holds PHI: Medplum resource ids (references), codes and counts.
 
 Revision ID: 0008_research
-Revises: 0003
+Revises: 0007_ops
 """
 
 from __future__ import annotations
