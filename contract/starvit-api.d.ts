@@ -1036,7 +1036,7 @@ export interface components {
              */
             last_heartbeat: string;
             /** Worker Id */
-            worker_id: number;
+            worker_id: string;
         };
     };
     responses: never;
