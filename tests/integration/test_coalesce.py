@@ -7,7 +7,7 @@ import psycopg
 import pytest
 
 from devtools.devserver import DevServer
-from tests.integration.pipeline_support import observation, running_pipeline
+from tests.integration.pipeline_support import days_ago, observation, running_pipeline
 
 pytestmark = [pytest.mark.integration]
 
@@ -24,14 +24,12 @@ async def test_a_burst_computes_once_and_suggests_from_the_newest_evidence(
         STARVIT_COALESCE_BY_PATIENT="bmi,obesity",
     ) as pipeline:
         patient = await pipeline.new_patient()
-        await pipeline.partner.create(
-            observation(patient, "8302-2", 165, "cm", "2025-01-10T09:00:00Z")
-        )
+        await pipeline.partner.create(observation(patient, "8302-2", 165, "cm", days_ago(60)))
         await pipeline.settled()
         weights = []
-        for day, kg in enumerate([80, 84, 88, 92, 96], start=1):
+        for days, kg in zip([6, 5, 4, 3, 2], [80, 84, 88, 92, 96], strict=True):
             created = await pipeline.partner.create(
-                observation(patient, "29463-7", kg, "kg", f"2025-03-{day:02d}T09:00:00Z")
+                observation(patient, "29463-7", kg, "kg", days_ago(days))
             )
             weights.append(created.resource)
         await pipeline.settled(within=60)
@@ -43,17 +41,26 @@ async def test_a_burst_computes_once_and_suggests_from_the_newest_evidence(
             computed = [o for o in outcomes if o != "coalesced"]
             assert len(computed) == 1, outcomes
             assert outcomes.count("coalesced") == 4
-        # The one computation used the newest weight: 96 kg at 165 cm.
+        # The one computation used the newest weight: 96 kg at 165 cm. The BMI is an item of
+        # the results-review list (no Task of its own); BMI >= 30 opens the obesity referral.
         newest = weights[-1]
-        tasks = [
+        tasks = await pipeline.tasks_for(patient)
+        [review] = [
             t
-            for t in await pipeline.tasks_for(patient)
-            if t["status"] == "requested" and t["code"]["coding"][0]["code"].startswith("bmi.")
+            for t in tasks
+            if t["status"] == "requested"
+            and t["code"]["coding"][0]["code"].startswith("results-review")
         ]
-        assert len(tasks) == 1
-        focus = await pipeline.read(tasks[0]["focus"]["reference"])
-        assert focus["valueQuantity"]["value"] == pytest.approx(35.3, abs=0.05)
-        assert f"Observation/{newest['id']}/_history/" in str(focus["derivedFrom"])
+        [item] = [i["valueReference"]["reference"] for i in review["input"]]
+        bmi = await pipeline.read(item)
+        assert bmi["valueQuantity"]["value"] == pytest.approx(35.3, abs=0.05)
+        assert f"Observation/{newest['id']}/_history/" in str(bmi["derivedFrom"])
+        referrals = [
+            t
+            for t in tasks
+            if t["status"] == "requested" and t["code"]["coding"][0]["code"].startswith("obesity.")
+        ]
+        assert len(referrals) == 1
         with psycopg.connect(pipeline.database_url) as conn:
             counted = dict(
                 conn.execute(
