@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -119,7 +120,7 @@ async def _populate(base_url: str, patients: int) -> list[str]:
                     {"resourceType": "Patient", "gender": "female", "birthDate": "1970-05-01"}
                 )
                 patient = str(created.reference)
-                height = vital(patient, HEIGHT_LOINC, 165, "cm", EPOCH.replace(month=1, day=10))
+                height = vital(patient, HEIGHT_LOINC, 165, "cm", EPOCH - timedelta(days=50))
                 await partner.create(height)
                 return patient
 

@@ -9,7 +9,8 @@ Subscriptions exist, so they cause no events):
 1. ``proposed``: a body weight per patient (both BMI bots propose);
 2. ``unchanged``: an older weight arriving late (both bots: the suggestion stands);
 3. ``no result``: a weight for patients without a height (both bots: insufficient evidence);
-4. ``decision``: a clinician approves the BMI Task of ``approvals`` patients (the review loop);
+4. ``decision``: a clinician approves the results-review list (the BMI) of ``approvals``
+   patients (the review loop);
 5. ``burst``: ``burst`` newer weights per patient written back to back: coalesced per
    patient (``STARVIT_COALESCE_BY_PATIENT=bmi,obesity``, ``STARVIT_COALESCE_WINDOW_MS=500``),
    one computation superseding the pending Task.
@@ -79,7 +80,7 @@ async def _patients(base_url: str, count: int, *, height: bool) -> list[str]:
             )
             patient = str(created.reference)
             if height:
-                when = EPOCH.replace(month=1, day=10)
+                when = EPOCH - timedelta(days=50)
                 await partner.create(vital(patient, HEIGHT_LOINC, 165, "cm", when))
             out.append(patient)
         return out
@@ -105,7 +106,8 @@ async def _approve(base_url: str, patients: list[str]) -> int:
                 "Task", [("subject", patient), ("status", "requested"), ("_count", "50")]
             )
             for task in tasks:
-                if task_code(task).startswith("bmi."):
+                # The BMI is an item of the patient's results-review list: one decision.
+                if task_code(task).startswith("results-review"):
                     await approve(session, str(task.get("id")))
                     done += 1
                     break

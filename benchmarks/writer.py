@@ -24,7 +24,9 @@ from devtools.resources import vital_sign
 
 WEIGHT_LOINC = "29463-7"
 HEIGHT_LOINC = "8302-2"
-EPOCH = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
+# Clinical times a month back: inside every protocol's evidence window (old evidence opens
+# nothing), with room for later readings that are still in the past.
+EPOCH = datetime.now(UTC).replace(hour=9, minute=0, second=0, microsecond=0) - timedelta(days=30)
 
 
 def vital(patient: str, loinc: str, value: float, unit: str, when: datetime) -> dict[str, Any]:
