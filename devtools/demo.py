@@ -3,7 +3,8 @@ embedded default.
 
 Starts the Medplum stand-in, the embedded PostgreSQL (a fresh ``starvit_demo`` database), the
 receiver (Gunicorn + Uvicorn) and a worker; syncs the Subscriptions; posts the Synthea
-patients as the integration partner, through the service's partner API (``POST /v1/bundles``,
+patients as the integration partner (each history moved forward to end yesterday, so that its
+newest results are recent evidence), through the service's partner API (``POST /v1/bundles``,
 with the stand-in's partner registry ``devserver/partners.json``); shows the pending Tasks as
 a clinician sees them; approves one and rejects one as a signed-in clinician; shows the
 resulting records and the Provenance chain; and stops everything it started.
@@ -16,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 
@@ -114,6 +116,9 @@ async def _load(
             progress=lambda m: say("  " + m),
             # Through the service's partner API, as every partner's writes must go.
             service_url=service_url,
+            # Synthea's histories ended years ago; moved to end yesterday, their newest results
+            # are inside the protocols' evidence windows and reach the clinician.
+            shift_to=datetime.now(UTC) - timedelta(days=1),
         )
 
 
@@ -201,17 +206,29 @@ async def _show_results(devserver: DevServer, database_url: str, say: Printer) -
         rows = await clinician.pending_tasks(session, count=50)
         say(f"{len(rows)} pending (showing 6)")
         print(clinician.render_rows(rows[:6]), flush=True)  # noqa: T201
-        if len(rows) < 2:
-            say("fewer than two pending Tasks: nothing to approve and reject")
+        if not rows:
+            say("no pending Task: nothing to decide")
             return
-        to_approve, to_reject = _pick(rows)
+        decided: list[clinician.TaskRow] = []
         say.section("Clinician decisions")
-        await clinician.approve(session, to_approve.id)
-        say(f"approved  Task/{to_approve.id}: {to_approve.title}")
-        await clinician.reject(session, to_reject.id, "Not clinically relevant for this patient")
-        say(f"rejected  Task/{to_reject.id}: {to_reject.title}")
+        if len(rows) == 1:
+            # The suggestion layer keeps the worklist short: with one Task, it is approved.
+            [to_approve] = rows
+            await clinician.approve(session, to_approve.id)
+            say(f"approved  Task/{to_approve.id}: {to_approve.title}")
+            say("one pending Task: nothing left to reject")
+            decided.append(to_approve)
+        else:
+            to_approve, to_reject = _pick(rows)
+            await clinician.approve(session, to_approve.id)
+            say(f"approved  Task/{to_approve.id}: {to_approve.title}")
+            await clinician.reject(
+                session, to_reject.id, "Not clinically relevant for this patient"
+            )
+            say(f"rejected  Task/{to_reject.id}: {to_reject.title}")
+            decided.extend((to_approve, to_reject))
         await _drain(database_url, say, quiet_seconds=2.0)
-        for row in (to_approve, to_reject):
+        for row in decided:
             say.section(f"Provenance chain of Task/{row.id}")
             for line in await clinician.provenance_chain(session, row.id):
                 print("  " + line, flush=True)  # noqa: T201

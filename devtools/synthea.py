@@ -71,6 +71,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import IO, Self
 from urllib.parse import parse_qsl
@@ -250,6 +251,71 @@ def bundle_resources(bundle: Mapping[str, object]) -> list[JSONObject]:
         for entry in get_objects(bundle, "entry")
         if (resource := get_object(entry, "resource")) is not None
     ]
+
+
+# --- moving a history to the present ---------------------------------------------------------
+
+# A FHIR date (``2011-04-02``) or dateTime/instant (``2011-04-02T10:00:00-05:00``); years alone and
+# year-months are left as they are (too coarse to matter, and codes can look like years).
+_FHIR_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?$")
+_NOT_DATES = frozenset({"id", "fullUrl", "url", "system", "reference", "versionId"})
+# Their dates run past the record's last clinical event (Synthea's claims are billed, and its
+# Provenance recorded, up to a year later): the newest clinical date anchors the move.
+_NOT_CLINICAL = frozenset({"Claim", "ExplanationOfBenefit", "Provenance"})
+
+
+def _dates(value: object) -> Iterator[str]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key not in _NOT_DATES:
+                yield from _dates(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _dates(item)
+    elif isinstance(value, str) and _FHIR_DATE.match(value):
+        yield value
+
+
+def _parse_date(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _shifted(value: JSONValue, days: int) -> JSONValue:
+    if isinstance(value, dict):
+        return {k: v if k in _NOT_DATES else _shifted(v, days) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shifted(item, days) for item in value]
+    if isinstance(value, str) and _FHIR_DATE.match(value):
+        if "T" not in value:
+            return (date.fromisoformat(value) + timedelta(days=days)).isoformat()
+        moved = datetime.fromisoformat(value.replace("Z", "+00:00")) + timedelta(days=days)
+        text = moved.isoformat()
+        return text.replace("+00:00", "Z") if value.endswith("Z") else text
+    return value
+
+
+def shift_to_present(bundle: JSONObject, *, latest: datetime) -> tuple[JSONObject, int]:
+    """The bundle with every full date and dateTime moved by the same whole number of days, so
+    that its newest clinical one (billing and provenance apart) falls on ``latest``'s day or
+    before (intervals, ages and the order of
+    events are kept), and the number of days. For a demonstration on recent evidence: a
+    recorded history ended years ago, and evidence older than a protocol's window opens
+    nothing."""
+    clinical = [
+        resource
+        for resource in bundle_resources(bundle)
+        if get_str(resource, "resourceType") not in _NOT_CLINICAL
+    ]
+    found = [_parse_date(text) for text in _dates(clinical)]
+    if not found:
+        return bundle, 0
+    days = (latest - max(found)).days
+    if days <= 0:
+        return bundle, 0
+    moved = _shifted(bundle, days)
+    assert isinstance(moved, dict)
+    return moved, days
 
 
 # --- references --------------------------------------------------------------------------------
@@ -900,6 +966,8 @@ class _Loader:
     summary: LoadSummary
     # Writes through the service's partner API instead of straight to Medplum (make demo).
     writer: PartnerApiWriter | None = None
+    # Patient histories moved so that their newest date falls on this day (see shift_to_present).
+    shift_to: datetime | None = None
     # urn:uuid full URLs and conditional references -> Type/id, across all bundles.
     resolved: dict[str, str] = field(default_factory=dict[str, str])
     # Profiles some entry was found not to satisfy: checked before later chunks are sent.
@@ -1227,6 +1295,10 @@ class _Loader:
         started = time.monotonic()
         name = path.name
         bundle = read_bundle(path)
+        if self.shift_to is not None and not is_support_bundle(path):
+            bundle, days = shift_to_present(bundle, latest=self.shift_to)
+            if days:
+                self.progress(f"{position} {name}: history moved {days:,} days forward")
         digest = file_digest(path)
         bundle_type = get_str(bundle, "type") or "?"
         all_entries = get_objects(bundle, "entry")
@@ -1355,6 +1427,7 @@ async def load(
     sleep: Sleep = asyncio.sleep,
     clock: Callable[[], float] = time.monotonic,
     service_url: str | None = None,
+    shift_to: datetime | None = None,
 ) -> LoadSummary:
     """Post the practitioner and hospital bundles, then the patient bundles (all, the first
     ``patients``, or those named in ``only``), chunk by chunk, in sequence.
@@ -1370,6 +1443,8 @@ async def load(
     (``time.monotonic`` unless the client was given another). A failed chunk raises
     :class:`SyntheaLoadError`. With ``service_url`` the chunks are posted through the
     service's partner API (``POST /v1/bundles``) with the partner's token, not to Medplum.
+    ``shift_to``: each patient's history is moved forward so its newest date falls on that day
+    (:func:`shift_to_present`).
     """
     if max_chunk_bytes >= MAX_JSON_BODY_BYTES:
         raise ValueError("max_chunk_bytes must stay below Medplum's 1 MB JSON limit")
@@ -1411,6 +1486,7 @@ async def load(
                 if service_url is not None
                 else None
             ),
+            shift_to=shift_to,
         )
         for number, path in enumerate(files, start=1):
             report = await loader.load_bundle(path, f"[{number}/{len(files)}]")
