@@ -262,20 +262,7 @@ class OpsService:
             handlers=panels,
             unattributed_refusals_last_hour=unattributed,
             processing=await self.processing(),
-            acceptance=[
-                AcceptanceRow(
-                    bot=row.bot,
-                    version=row.version,
-                    approved=row.approved,
-                    rejected=row.rejected,
-                    rejected_reasons=row.rejected_reasons,
-                    expired=row.expired,
-                    withdrawn=row.withdrawn,
-                    pending=row.pending,
-                    median_hours_to_decision=row.median_hours_to_decision,
-                )
-                for row in accepted
-            ]
+            acceptance=[AcceptanceRow.model_validate(row, from_attributes=True) for row in accepted]
             if accepted is not None
             else None,
         )
@@ -360,19 +347,7 @@ class OpsService:
             end=end,
             handler=handler,
         )
-        return [
-            GapItem(
-                handler=g.handler,
-                window_start=g.window_start,
-                window_end=g.window_end,
-                changed_in_medplum=g.changed_in_medplum,
-                reached_inbox=g.reached_inbox,
-                recovered_by_sweep=g.recovered_by_sweep,
-                missing=g.missing,
-                truncated=g.truncated,
-            )
-            for g in found
-        ]
+        return [GapItem.model_validate(g, from_attributes=True) for g in found]
 
     async def actions(self, limit: int = 20) -> list[ActionItem]:
         return [
