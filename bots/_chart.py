@@ -18,6 +18,8 @@ CONDITIONS = "conditions"
 CONDITIONS_PREFETCH = Prefetch(
     CONDITIONS,
     "Condition?subject={{patient}}&clinical-status=active,recurrence,relapse&_count=100",
+    # Read only by the branches that consult the problem list.
+    deferred=True,
 )
 
 

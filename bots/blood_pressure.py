@@ -380,7 +380,7 @@ def setting_of(sourced: SourcedReading, classes: dict[str, str]) -> str:
 
 def encounter_classes(context: BotContext) -> dict[str, str]:
     classes: dict[str, str] = {}
-    for encounter in context.prefetched.get(ENCOUNTERS, []):
+    for encounter in context.resources(ENCOUNTERS):
         kind = encounter.get("class")
         code = kind.get("code") if isinstance(kind, dict) else None
         identifier = encounter.get("id")

@@ -22,10 +22,23 @@ from app.handlers.protocol import Interaction, Trigger
 @dataclass(frozen=True, slots=True)
 class Prefetch:
     """A named FHIR search templated on the patient: ``{{patient}}`` -> ``Patient/<id>``,
-    ``{{patient_id}}`` -> ``<id>``. Fetched in the same batch as the notified version."""
+    ``{{patient_id}}`` -> ``<id>``. Fetched in the same batch as the notified version, or,
+    ``deferred``, only when the bot's ``compute`` asks for it (a search that matters in one
+    branch, such as the problem list consulted only once a BMI is in the obesity range: the
+    events that never reach that branch save its 20 quota points)."""
 
     name: str
     query: str  # "Observation?subject={{patient}}&code=http://loinc.org|8302-2&_count=50"
+    deferred: bool = False
+
+
+class NeedsPrefetch(Exception):
+    """Raised by :class:`BotContext` when ``compute`` reads a deferred prefetch that was not
+    fetched yet: the handler fetches the bot's deferred searches and runs ``compute`` again."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
 
 
 # How long a clinician's rejection silences the same suggestion (unless the evidence crosses
@@ -85,19 +98,25 @@ class BotContext:
     # The processing time, only for "as of" bookkeeping (Task due dates); clinical times come
     # from the evidence.
     now: datetime | None = None
+    # Deferred prefetches not fetched yet: reading one raises NeedsPrefetch.
+    deferred: frozenset[str] = frozenset()
+
+    def resources(self, name: str) -> list[JSONObject]:
+        """The resources of the prefetch ``name`` (asks for a deferred one)."""
+        if name in self.deferred:
+            raise NeedsPrefetch(name)
+        return self.prefetched.get(name, [])
 
     def observations(self, name: str) -> list[ObservationView]:
         return [
             ObservationView(r)
-            for r in self.prefetched.get(name, [])
+            for r in self.resources(name)
             if r.get("resourceType") == "Observation"
         ]
 
     def conditions(self, name: str) -> list[ConditionView]:
         return [
-            ConditionView(r)
-            for r in self.prefetched.get(name, [])
-            if r.get("resourceType") == "Condition"
+            ConditionView(r) for r in self.resources(name) if r.get("resourceType") == "Condition"
         ]
 
 
@@ -202,6 +221,7 @@ __all__ = [
     "Effect",
     "Evidence",
     "Interaction",
+    "NeedsPrefetch",
     "NoResult",
     "ObservationComponentValue",
     "OpenReviewTask",

@@ -5,7 +5,7 @@ An event reads, in a single named batch, the notified resource's *current* versi
 that arrives late or out of order computes on the newest state, and duplicates of older versions
 collapse onto the same deterministic identifiers), the Patient and the bot's prefetch queries.
 A suggestion the ledger of derived writes already holds ends there (``unchanged``); a new one
-reads the patient's pending review Tasks with their focus resources and writes the plan
+reads the patient's review Tasks with their focus resources and writes the plan
 (proposals, review Task, Provenance, supersession) in one transaction. See
 :class:`BotHandler` for what each request costs.
 
@@ -14,12 +14,20 @@ Deleted or ``entered-in-error`` evidence withdraws the pending proposals derived
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from app.botkit.audit import audit_event
-from app.botkit.declaration import Bot, BotContext, BotEvent, NoResult, Retract
+from app.botkit.declaration import (
+    Bot,
+    BotContext,
+    BotEvent,
+    NeedsPrefetch,
+    NoResult,
+    Prefetch,
+    Retract,
+)
 from app.botkit.identifiers import (
     PROPOSAL_SYSTEM,
     TAG_CODE,
@@ -36,7 +44,7 @@ from app.botkit.plan import (
     withdraw_writes,
 )
 from app.botkit.prefetch import Member, MergedSearch, merge
-from app.botkit.review_list import is_results_review
+from app.botkit.review_list import is_results_review, list_items
 from app.botkit.statuses import APPROVING, OPEN_TASK_STATUSES, REJECTING
 from app.fhir.views import PatientView, ResourceView, TaskView
 from app.handlers.protocol import (
@@ -98,6 +106,18 @@ def decided_tasks_query(patient: str) -> str:
     )
 
 
+def review_tasks_query(patient: str) -> str:
+    """The patient's pending and decided review Tasks in one search, newest first, with their
+    focus: one search (20 points) where two ask for the same patient's Tasks. A full page
+    falls back to the two searches (:func:`pending_tasks_query`, :func:`decided_tasks_query`)
+    so that an old pending Task is never lost behind many newer decided ones."""
+    statuses = ",".join([*OPEN_TASK_STATUSES, *sorted(APPROVING | REJECTING)])
+    return (
+        f"subject={quote(patient)}&status={statuses}&_tag={quote(f'{TAG_SYSTEM}|{TAG_CODE}')}"
+        "&_sort=-_lastUpdated&_include=Task:focus&_count=100"
+    )
+
+
 def pending_items_query(patient: str) -> str:
     """The patient's pending derived Observations (the results-review list's items)."""
     return (
@@ -122,6 +142,7 @@ _PENDING = "pending review Tasks"
 _DECIDED = "decided review Tasks"
 _ITEMS = "pending derived results"
 _NOTIFIED = "notified version"
+_TASKS = "review Tasks"
 _KNOWN = "suggestions already written"
 _MERGED = "prefetch "
 
@@ -132,18 +153,26 @@ class BotHandler(EventHandler):
 
     What an event asks of Medplum, and what it costs (the FHIR quota's points):
 
-    1. one batch read: the notified resource's current version (1), the notified version (1),
-       the Patient (1) and the bot's prefetch searches, those that differ only in their codes
-       sent as one (20 each) -- the whole of an event whose outcome is a ``NoResult``;
+    1. one batch read: the notified resource's current version (1), the Patient (1) and the
+       bot's prefetch searches, those that differ only in their codes sent as one (20 each)
+       -- the whole of most events whose outcome is ``unchanged`` or a ``NoResult``. Only
+       when the current version is not the notified one, a read of the notified version (1):
+       a version Medplum never had is not an event. Only when ``compute`` reaches a branch
+       that reads a deferred prefetch (the problem list, once a BMI is in the obesity range),
+       a batch with the deferred searches (20 each);
     2. only when the bot suggests something the ledger of derived writes does not already
-       hold: a second batch with the patient's pending review Tasks and their focus (20 + 1
-       each), plus, only for a suggestion whose earlier write has an unknown outcome (or
-       without a ledger), a search for its Task by identifier (20);
+       hold: a second batch with one search for the patient's pending and decided review
+       Tasks and their focus (20 + 1 each), plus, only for a suggestion whose earlier write
+       has an unknown outcome (or without a ledger), a search for its Task by identifier
+       (20); then, only when the patient's open results-review list holds this bot's
+       results, those results read by id (1 each);
     3. only when something is new: one transaction of plain creates (100 each: proposal,
        Task, Provenance) and version-guarded updates (supersession), no serialisable
        conditional entries, so the two bots of one patient never conflict.
 
-    Deleted or withdrawn evidence reads the pending Tasks (step 2) and withdraws them.
+    Deleted or withdrawn evidence reads the pending Tasks (step 2) and withdraws them. Only a
+    deceased patient's events search every pending derived result of the patient (20): they
+    withdraw the whole results-review list.
     """
 
     bot: Bot
@@ -180,59 +209,67 @@ class BotHandler(EventHandler):
         reads: dict[str, BundleEntryInput] = {
             _CURRENT: BundleRequest.read(event.resource_type, event.resource_id)
         }
-        if not event.deleted:
-            # The notified version itself (one point): a notification naming a version Medplum
-            # never had is not an event, and must leave no trace claiming work.
-            reads[_NOTIFIED] = BundleRequest.vread(
-                event.resource_type, event.resource_id, event.version_id
-            )
         searches: list[MergedSearch] = []
         if patient is not None:
             reads[_PATIENT] = BundleRequest.read("Patient", patient.removeprefix("Patient/"))
-            searches = merge([(p.name, *template(p.query, patient)) for p in declaration.prefetch])
+            searches = merge(
+                [
+                    (p.name, *template(p.query, patient))
+                    for p in declaration.prefetch
+                    if not p.deferred
+                ]
+            )
             for i, search in enumerate(searches):
                 reads[f"{_MERGED}{i}"] = BundleRequest.search(search.resource_type, search.query)
         answers = await context.medplum.batch_named(reads)
         requests = 1
 
-        notified = answers.get(_NOTIFIED)
-        if notified is not None and not notified.ok:
-            if notified.status_code in (404, 410):
-                return Processed("unknown_version", requests)
-            raise entry_error(notified)
         first = answers[_CURRENT]
         current: JSONObject | None = None
         if first.ok and first.resource is not None:
             current = first.resource
         elif first.status_code not in (404, 410):
             raise entry_error(first)
+        if not event.deleted and (
+            current is None or ResourceView(current).version_id != event.version_id
+        ):
+            # The notified version is not the current one (a late or replayed notification, a
+            # deleted resource): a version Medplum never had is not an event, and must leave no
+            # trace claiming work. Read only then (1 point, a round trip); when the current
+            # version is the notified one, its read already proves it.
+            again = await context.medplum.batch_named(
+                {
+                    _NOTIFIED: BundleRequest.vread(
+                        event.resource_type, event.resource_id, event.version_id
+                    )
+                }
+            )
+            requests += 1
+            notified = again[_NOTIFIED]
+            if not notified.ok:
+                if notified.status_code in (404, 410):
+                    return Processed("unknown_version", requests)
+                raise entry_error(notified)
         if patient is None:
             # No subject in the notification: nothing to compute for, nothing to withdraw.
             return Processed("no_patient", requests)
         patient_entry = answers[_PATIENT]
         patient_json = patient_entry.resource if patient_entry.ok else None
         prefetched, short = _split_prefetch(searches, answers)
-        if short:
-            again = await context.medplum.batch_named(
-                {m.name: BundleRequest.search(*template_query(m.query, searches)) for m in short}
-            )
-            requests += 1
-            for m in short:
-                prefetched[m.name] = search_resources(again[m.name])[0]
+        requests += await _fetch_short(context, short, searches, prefetched)
         now = context.clock()
         reference = event.reference
         writer = writer_for(context)
 
         if current is None or ResourceView(current).status in WITHDRAWN_STATUSES:
             pending = await context.medplum.batch_named(
-                {
-                    _PENDING: BundleRequest.search("Task", pending_tasks_query(patient)),
-                    _ITEMS: BundleRequest.search("Observation", pending_items_query(patient)),
-                }
+                {_PENDING: BundleRequest.search("Task", pending_tasks_query(patient))}
             )
             requests += 1
             tasks, focus, review_list = self._pending(pending[_PENDING])
-            items = {ResourceView(r).reference: r for r in search_resources(pending[_ITEMS])[0]}
+            # Only this bot's listed results can derive from the evidence.
+            items, item_requests = await self._listed_items(review_list, context)
+            requests += item_requests
             derived = [t for t in tasks if derived_from(t, reference)]
             withdrawn = withdraw_writes(
                 derived,
@@ -263,12 +300,20 @@ class BotHandler(EventHandler):
             version_id=view.version_id,
             patient=patient,
         )
+        deferred = [p for p in declaration.prefetch if p.deferred]
         bot_context = BotContext(
             patient=PatientView(patient_json) if patient_json else None,
             prefetched=prefetched,
             now=now,
+            deferred=frozenset(p.name for p in deferred),
         )
-        effects = self.bot.compute(bot_event, bot_context)
+        try:
+            effects = self.bot.compute(bot_event, bot_context)
+        except NeedsPrefetch:
+            # The bot reached a branch that reads a deferred search: fetch them all, once.
+            requests += await _fetch_deferred(context, deferred, patient, prefetched)
+            bot_context = replace(bot_context, deferred=frozenset())
+            effects = self.bot.compute(bot_event, bot_context)
 
         settings = PlanSettings(
             due_days=context.settings.task_due_days,
@@ -317,10 +362,12 @@ class BotHandler(EventHandler):
             return Processed("unchanged", requests)
 
         second: dict[str, BundleEntryInput] = {
-            _PENDING: BundleRequest.search("Task", pending_tasks_query(patient)),
-            _DECIDED: BundleRequest.search("Task", decided_tasks_query(patient)),
-            _ITEMS: BundleRequest.search("Observation", pending_items_query(patient)),
+            _TASKS: BundleRequest.search("Task", review_tasks_query(patient))
         }
+        if any(isinstance(e, NoResult) and e.outcome == PATIENT_DECEASED for e in effects):
+            # Withdrawing for a deceased patient touches every listed result, whoever listed it
+            # (any other plan touches only this bot's, read by id below).
+            second[_ITEMS] = BundleRequest.search("Observation", pending_items_query(patient))
         # Keys whose earlier write has an unknown outcome (or every unwritten key, without a
         # complete ledger).
         uncertain = [k for k in keys if states.get(k) != "written"]
@@ -333,11 +380,43 @@ class BotHandler(EventHandler):
             )
         answers2 = await context.medplum.batch_named(second)
         requests += 1
-        tasks, focus, review_list = self._pending(answers2[_PENDING])
-        decided_json, decided_focus = search_resources(answers2[_DECIDED])
-        decided = [TaskView(t) for t in decided_json if task_is_for_bot(TaskView(t), self.name)]
-        focus.update({ResourceView(r).reference: r for r in decided_focus})
-        items = {ResourceView(r).reference: r for r in search_resources(answers2[_ITEMS])[0]}
+        review_tasks, included = search_resources(answers2[_TASKS])
+        page = answers2[_TASKS].search_result()
+        if page is not None and page.next_url is not None:
+            # More review Tasks than one page holds: the pending ones and the newest decided
+            # ones, each searched on its own.
+            again = await context.medplum.batch_named(
+                {
+                    _PENDING: BundleRequest.search("Task", pending_tasks_query(patient)),
+                    _DECIDED: BundleRequest.search("Task", decided_tasks_query(patient)),
+                }
+            )
+            requests += 1
+            pending_json, pending_focus = search_resources(again[_PENDING])
+            decided_json, decided_focus = search_resources(again[_DECIDED])
+            review_tasks, included = (
+                [*pending_json, *decided_json],
+                [
+                    *pending_focus,
+                    *decided_focus,
+                ],
+            )
+        views = [TaskView(t) for t in review_tasks]
+        focus = {ResourceView(r).reference: r for r in included}
+        tasks = [
+            t for t in views if t.status in OPEN_TASK_STATUSES and task_is_for_bot(t, self.name)
+        ]
+        decided = [
+            t for t in views if t.status in APPROVING | REJECTING and task_is_for_bot(t, self.name)
+        ]
+        review_list = next(
+            (t for t in views if t.status in OPEN_TASK_STATUSES and is_results_review(t)), None
+        )
+        if _ITEMS in answers2:
+            items = {ResourceView(r).reference: r for r in search_resources(answers2[_ITEMS])[0]}
+        else:
+            items, item_requests = await self._listed_items(review_list, context)
+            requests += item_requests
         found_tasks = [*tasks]
         if _KNOWN in answers2:
             found_tasks.extend(TaskView(t) for t in search_resources(answers2[_KNOWN])[0])
@@ -389,6 +468,36 @@ class BotHandler(EventHandler):
             await ledger.confirm(self.name, fresh_keys, event.id)
         return Processed("proposed", requests + writer.requests, written)
 
+    async def _listed_items(
+        self, review_list: TaskView | None, context: HandlerContext
+    ) -> tuple[dict[str, JSONObject], int]:
+        """The bot's own items on the patient's open results-review list, read by id (1 point
+        each, where a search for every pending derived result costs 20): the plan replaces or
+        removes only the items of this bot's protocols. ``(items by reference, requests)``."""
+        if review_list is None:
+            return {}, 0
+        prefix = f"{self.name}."
+        references = [
+            item.reference
+            for item in list_items(review_list)
+            if item.code.startswith(prefix) and item.reference.startswith("Observation/")
+        ]
+        if not references:
+            return {}, 0
+        answers = await context.medplum.batch_named(
+            {ref: BundleRequest.read("Observation", ref.split("/", 1)[1]) for ref in references}
+        )
+        items: dict[str, JSONObject] = {}
+        for ref, entry in answers.items():
+            if entry.ok and entry.resource is not None:
+                view = ResourceView(entry.resource)
+                # What the search for pending derived results would have found.
+                if view.status == "preliminary" and view.tagged(TAG_SYSTEM, TAG_CODE):
+                    items[ref] = entry.resource
+            elif entry.status_code not in (404, 410):
+                raise entry_error(entry)
+        return items, 1
+
     def _pending(
         self, entry: BundleEntryResult
     ) -> tuple[list[TaskView], dict[str, JSONObject], TaskView | None]:
@@ -431,6 +540,44 @@ def template_query(query: str, searches: list[MergedSearch]) -> tuple[str, str]:
             if member.query == query:
                 return search.resource_type, query
     raise KeyError(query)  # pragma: no cover - only called with a member's own query
+
+
+async def _fetch_short(
+    context: HandlerContext,
+    short: list[Member],
+    searches: list[MergedSearch],
+    prefetched: dict[str, list[JSONObject]],
+) -> int:
+    """Fetches, each on its own, the declared searches a combined page may have cut short;
+    returns the requests made."""
+    if not short:
+        return 0
+    again = await context.medplum.batch_named(
+        {m.name: BundleRequest.search(*template_query(m.query, searches)) for m in short}
+    )
+    for m in short:
+        prefetched[m.name] = search_resources(again[m.name])[0]
+    return 1
+
+
+async def _fetch_deferred(
+    context: HandlerContext,
+    deferred: list[Prefetch],
+    patient: str,
+    prefetched: dict[str, list[JSONObject]],
+) -> int:
+    """Fetches the bot's deferred prefetch searches into ``prefetched``; returns the requests
+    made."""
+    searches = merge([(p.name, *template(p.query, patient)) for p in deferred])
+    answers = await context.medplum.batch_named(
+        {
+            f"{_MERGED}{i}": BundleRequest.search(search.resource_type, search.query)
+            for i, search in enumerate(searches)
+        }
+    )
+    found, short = _split_prefetch(searches, answers)
+    prefetched.update(found)
+    return 1 + await _fetch_short(context, short, searches, prefetched)
 
 
 def _split_prefetch(

@@ -2,12 +2,14 @@
 retracts the proposal it focuses on, and records who decided.
 
 An event reads, in one named batch, the Task version that was notified (``X-Medplum: extended``
-to see who made it and whether on behalf of someone), the current Task with its focus, the
-Task's history, and the author's Practitioner and PractitionerRoles. A second batch is made only
-when needed: the patient and their active CareTeams (decision scope ``related``), and the
-service's Provenances of a proposal that is no longer pending (who made the decision that
-stands). It writes the answer (:func:`~app.review.decisions.plan_review`) and an AuditEvent in
-one transaction.
+to see who made it and whether on behalf of someone), the current Task, the Task's history, and
+the author's Practitioner and PractitionerRoles (33 points); then the Task's focus and the
+results it lists, read by id (1 point each). A further batch is made only when needed: the
+patient and their active CareTeams (decision scope ``related``), and the service's Provenances
+of a proposal that is no longer pending (who made the decision that stands). It writes the
+answer (:func:`~app.review.decisions.plan_review`) in one transaction: the finalised or
+retracted proposals and a Provenance naming the decider (100 points each); an AuditEvent only
+for a decision that could not be carried out.
 """
 
 from __future__ import annotations
@@ -61,7 +63,6 @@ _PRACTITIONER = "decider"
 _PATIENT = "patient"
 _CARE_TEAMS = "patient's care teams"
 _DECISIONS = "decision Provenances"
-_ITEMS = "listed results"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +109,9 @@ class ReviewHandler(EventHandler):
         author = event.author
         reads: dict[str, BundleEntryInput] = {
             _VERSION: BundleRequest.vread("Task", event.resource_id, event.version_id),
-            _CURRENT: BundleRequest.search(
-                "Task", f"_id={quote(event.resource_id)}&_include=Task:focus"
-            ),
+            # A plain read (1 point): its focus is read in the second round, where a search
+            # with ``_include`` would cost 21.
+            _CURRENT: BundleRequest.read("Task", event.resource_id),
             # Who set the owner, how a withdrawn suggestion was withdrawn, and the version
             # before this one (a removed identifier or tag is put back from it).
             _HISTORY: BundleRequest("GET", f"Task/{quote(event.resource_id)}/_history?_count=50"),
@@ -127,9 +128,9 @@ class ReviewHandler(EventHandler):
             raise entry_error(version_entry)
         task = TaskView(version_entry.resource)
         decider = task.author  # who made this version, as Medplum recorded it
-        current, included = search_resources(answers[_CURRENT])
-        if current and ResourceView(current[0]).version_id != task.version_id:
-            later = TaskView(current[0])
+        current = _resource_or_none(answers[_CURRENT])
+        if current is not None and ResourceView(current).version_id != task.version_id:
+            later = TaskView(current)
             if (later.status, later.author, later.on_behalf_of) != (
                 task.status,
                 task.author,
@@ -141,7 +142,17 @@ class ReviewHandler(EventHandler):
             task = later
         history = search_resources(answers[_HISTORY])[0]
         focus_ref = task.focus
-        focus = next((r for r in included if ResourceView(r).reference == focus_ref), None)
+        listed = [item.reference for item in list_items(task)] if is_results_review(task) else []
+        # The focus and the listed results, read by id (1 point each) in one batch.
+        wanted: list[str] = [focus_ref, *listed] if focus_ref else listed
+        targets = [ref for ref in dict.fromkeys(wanted) if ref.count("/") == 1]
+        resources: dict[str, BundleEntryResult] = {}
+        if targets:
+            resources = await context.medplum.batch_named(
+                {ref: BundleRequest.read(*_type_and_id(ref)) for ref in targets}, extended=True
+            )
+            requests += 1
+        focus = _resource_or_none(resources.get(focus_ref)) if focus_ref else None
         if needs_no_answer(task, focus, settings.service_author):
             return Processed("own_write", requests)
         roles = search_resources(answers[_ROLES])[0] if _ROLES in answers else []
@@ -181,10 +192,6 @@ class ReviewHandler(EventHandler):
             and proposal_status_after(focus_view.resource_type, focus_view.status, "approve")
             is None
         )
-        listed = [item.reference for item in list_items(task)] if is_results_review(task) else []
-        if listed:
-            ids = ",".join(quote(ref.split("/", 1)[1]) for ref in listed if "/" in ref)
-            more[_ITEMS] = BundleRequest.search("Observation", f"_id={ids}&_count=100")
         if decided and focus_view is not None:
             more[_DECISIONS] = BundleRequest.search(
                 "Provenance", f"target={quote(focus_view.reference)}&_count=100"
@@ -222,7 +229,7 @@ class ReviewHandler(EventHandler):
             plan = plan_list_review(
                 task,
                 actor=actor,
-                items=search_resources(second[_ITEMS])[0] if _ITEMS in second else [],
+                items=[r for ref in listed if (r := _resource_or_none(resources.get(ref)))],
                 now=now,
                 scope=settings.decision_scope,
                 previous=previous_version(history, task.version_id),
@@ -288,6 +295,11 @@ def _withdrawal(history: list[JSONObject], version_id: str, service: str) -> Tas
         if earlier.author == service and earlier.status == "cancelled":
             return earlier
     return None
+
+
+def _type_and_id(reference: str) -> tuple[str, str]:
+    resource_type, _, resource_id = reference.partition("/")
+    return resource_type, resource_id
 
 
 def _type_of(reference: str | None) -> str:
