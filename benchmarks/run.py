@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import e2e, receiver, report, screenshots
+from benchmarks import e2e, receiver, report, screenshots, synthea_load
 from benchmarks import quota as quota_bench
 from benchmarks.servers import Postgres, machine
 
@@ -32,6 +32,8 @@ class Plan:
     quota: tuple[quota_bench.QuotaScenario, ...] = field(
         default_factory=tuple[quota_bench.QuotaScenario, ...]
     )
+    # The shipped Synthea load: how many patient bundles (None: all), 0 to leave it out.
+    synthea_patients: int | None = 0
 
 
 FULL = Plan(
@@ -58,6 +60,7 @@ FULL = Plan(
         quota_bench.QuotaScenario("quota_default", patients=30, quota=50_000, approvals=15),
         quota_bench.QuotaScenario("quota_raised", patients=30, quota=100_000_000, approvals=15),
     ),
+    synthea_patients=None,
 )
 QUICK = Plan(
     receiver=receiver.Plan(
@@ -79,6 +82,7 @@ QUICK = Plan(
     quota=(
         quota_bench.QuotaScenario("quota_default", patients=2, quota=50_000, approvals=1, burst=2),
     ),
+    synthea_patients=1,
 )
 
 
@@ -131,6 +135,10 @@ def run(plan: Plan, *, quick: bool) -> dict[str, Any]:
             quota_runs.append(quota_bench.run(pg, scenario))
             _progress(f"quota, {scenario.quota:,} points a minute", step)
         results["quota"] = quota_runs
+        if plan.synthea_patients != 0:
+            step = time.monotonic()
+            results["synthea_load"] = synthea_load.run(pg, patients=plan.synthea_patients)
+            _progress("the shipped Synthea load", step)
         results["ops_screenshots"] = screenshots.run(pg, quick=quick)
     finally:
         pg.stop()

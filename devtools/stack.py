@@ -137,7 +137,8 @@ class Stack:
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if any("worker_started" in line for line in service.output):
+            # Every process of the supervisor has started (each logs its own line).
+            if sum("worker_started" in line for line in service.output) >= processes:
                 return service
             if not service.alive():
                 raise RuntimeError("worker exited:\n" + "\n".join(service.output[-30:]))

@@ -71,3 +71,11 @@ def test_quick_mode_runs_every_benchmark(tmp_path: Path) -> None:
     assert quota["throttled_429"] == 0
     assert "### 6. Medplum quota per clinical event" in done.stdout
     assert "Quota points per proposed event" in done.stdout
+
+    load = results["synthea_load"]
+    assert load["settled"]
+    assert load["patients"] == 1
+    assert load["events"] >= 1
+    assert load["service_points_charged"] >= load["service_points_counted"] > 0
+    assert sum(load["outcomes"].values()) == load["events"]
+    assert "### 7. The shipped Synthea load" in done.stdout
