@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
+from app.botkit.review_list import is_results_review, list_items
 from app.fhir.resource_json import (
     JSONObject,
     JSONValue,
@@ -31,6 +32,7 @@ from app.fhir.resource_json import (
     get_str,
     version_id_of,
 )
+from app.fhir.views import TaskView
 from app.integrations.medplum import (
     AuthorizationCodeTokenSource,
     MedplumClient,
@@ -717,6 +719,12 @@ async def provenance_chain(session: ClinicianSession, task_id: str) -> list[str]
     if row.focus:
         versioned = [row.focus] if "/_history/" in row.focus else []
         targets = [_unversioned(row.focus), *versioned, *targets]
+    view = TaskView(task)
+    if is_results_review(view):
+        # A results-review list's decision Provenances name each listed result.
+        targets.extend(
+            item.reference for item in list_items(view) if item.reference.count("/") == 1
+        )
     provenances: list[JSONObject] = []
     try:
         provenances, _ = await session.search(

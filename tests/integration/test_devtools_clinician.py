@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 
 import pytest
 
+from app.botkit.review_list import ListItem, review_list_task
 from app.fhir.resource_json import JSONObject, get_object, get_str
 from app.integrations.medplum import BundleRequest, MedplumClient, MedplumClientConfig
 from devtools import clinician
@@ -276,4 +278,42 @@ async def test_provenance_chain_follows_evidence_bot_and_decision(
     assert "code=29463-7 Body weight value=90 kg at 2020-01-01" in text
     assert f"Bot: bmi@1.0.0 -> {device.reference} version 1.0.0" in text
     assert "Decision: completed by Practitioner/clinician-alice (Alice Clinician)" in text
+    assert "Verified: Practitioner/clinician-alice in Provenance/" in text
+
+
+async def test_provenance_chain_of_a_results_review_list_follows_its_items(
+    admin: MedplumClient, alice: ClinicianSession
+) -> None:
+    task_id, patient, observation = await make_task(admin, priority="routine")
+    rows = review_list_task(
+        key="list-key",
+        patient=patient,
+        items=[ListItem("bmi.bmi", observation, "BMI 31.2 kg/m2 (obesity class I)")],
+        now=datetime.now(UTC),
+        due_days=7,
+        existing=None,
+    )
+    await admin.update({**rows, "id": task_id}, idempotent=True)
+    # The clinician's decision on the list names each listed result, not the list Task.
+    await admin.create(
+        {
+            "resourceType": "Provenance",
+            "target": [{"reference": observation}],
+            "recorded": "2026-01-02T00:00:00Z",
+            "agent": [
+                {
+                    "type": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                                "code": "verifier",
+                            }
+                        ]
+                    },
+                    "who": {"reference": "Practitioner/clinician-alice"},
+                }
+            ],
+        }
+    )
+    text = "\n".join(await clinician.provenance_chain(alice, task_id))
     assert "Verified: Practitioner/clinician-alice in Provenance/" in text
