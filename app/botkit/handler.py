@@ -212,15 +212,10 @@ class BotHandler(EventHandler):
         searches: list[MergedSearch] = []
         if patient is not None:
             reads[_PATIENT] = BundleRequest.read("Patient", patient.removeprefix("Patient/"))
-            searches = merge(
-                [
-                    (p.name, *template(p.query, patient))
-                    for p in declaration.prefetch
-                    if not p.deferred
-                ]
+            searches, prefetch_reads = _prefetch_reads(
+                [p for p in declaration.prefetch if not p.deferred], patient
             )
-            for i, search in enumerate(searches):
-                reads[f"{_MERGED}{i}"] = BundleRequest.search(search.resource_type, search.query)
+            reads.update(prefetch_reads)
         answers = await context.medplum.batch_named(reads)
         requests = 1
 
@@ -266,7 +261,7 @@ class BotHandler(EventHandler):
                 {_PENDING: BundleRequest.search("Task", pending_tasks_query(patient))}
             )
             requests += 1
-            tasks, focus, review_list = self._pending(pending[_PENDING])
+            tasks, _, focus, review_list = self._review_tasks(*search_resources(pending[_PENDING]))
             # Only this bot's listed results can derive from the evidence.
             items, item_requests = await self._listed_items(review_list, context)
             requests += item_requests
@@ -394,24 +389,9 @@ class BotHandler(EventHandler):
             requests += 1
             pending_json, pending_focus = search_resources(again[_PENDING])
             decided_json, decided_focus = search_resources(again[_DECIDED])
-            review_tasks, included = (
-                [*pending_json, *decided_json],
-                [
-                    *pending_focus,
-                    *decided_focus,
-                ],
-            )
-        views = [TaskView(t) for t in review_tasks]
-        focus = {ResourceView(r).reference: r for r in included}
-        tasks = [
-            t for t in views if t.status in OPEN_TASK_STATUSES and task_is_for_bot(t, self.name)
-        ]
-        decided = [
-            t for t in views if t.status in APPROVING | REJECTING and task_is_for_bot(t, self.name)
-        ]
-        review_list = next(
-            (t for t in views if t.status in OPEN_TASK_STATUSES and is_results_review(t)), None
-        )
+            review_tasks = [*pending_json, *decided_json]
+            included = [*pending_focus, *decided_focus]
+        tasks, decided, focus, review_list = self._review_tasks(review_tasks, included)
         if _ITEMS in answers2:
             items = {ResourceView(r).reference: r for r in search_resources(answers2[_ITEMS])[0]}
         else:
@@ -498,16 +478,23 @@ class BotHandler(EventHandler):
                 raise entry_error(entry)
         return items, 1
 
-    def _pending(
-        self, entry: BundleEntryResult
-    ) -> tuple[list[TaskView], dict[str, JSONObject], TaskView | None]:
-        """The bot's pending review Tasks, their focus resources, and the patient's open
-        results-review Task (shared by every bot)."""
-        task_json, included = search_resources(entry)
+    def _review_tasks(
+        self, task_json: list[JSONObject], included: list[JSONObject]
+    ) -> tuple[list[TaskView], list[TaskView], dict[str, JSONObject], TaskView | None]:
+        """Of the patient's review Tasks: the bot's pending ones, the bot's decided ones, their
+        focus resources by reference, and the patient's open results-review Task (shared by
+        every bot)."""
         views = [TaskView(t) for t in task_json]
-        tasks = [t for t in views if task_is_for_bot(t, self.name)]
-        review_list = next((t for t in views if is_results_review(t)), None)
-        return tasks, {ResourceView(r).reference: r for r in included}, review_list
+        mine = [t for t in views if task_is_for_bot(t, self.name)]
+        return (
+            [t for t in mine if t.status in OPEN_TASK_STATUSES],
+            [t for t in mine if t.status in APPROVING | REJECTING],
+            {ResourceView(r).reference: r for r in included},
+            next(
+                (t for t in views if t.status in OPEN_TASK_STATUSES and is_results_review(t)),
+                None,
+            ),
+        )
 
     def _audit(  # noqa: PLR0917 - internal, three call sites
         self,
@@ -542,6 +529,19 @@ def template_query(query: str, searches: list[MergedSearch]) -> tuple[str, str]:
     raise KeyError(query)  # pragma: no cover - only called with a member's own query
 
 
+def _prefetch_reads(
+    prefetches: list[Prefetch], patient: str
+) -> tuple[list[MergedSearch], dict[str, BundleEntryInput]]:
+    """The declared searches templated on ``patient`` and merged, and their batch entries
+    (named as :func:`_split_prefetch` reads them back)."""
+    searches = merge([(p.name, *template(p.query, patient)) for p in prefetches])
+    reads: dict[str, BundleEntryInput] = {
+        f"{_MERGED}{i}": BundleRequest.search(search.resource_type, search.query)
+        for i, search in enumerate(searches)
+    }
+    return searches, reads
+
+
 async def _fetch_short(
     context: HandlerContext,
     short: list[Member],
@@ -568,13 +568,8 @@ async def _fetch_deferred(
 ) -> int:
     """Fetches the bot's deferred prefetch searches into ``prefetched``; returns the requests
     made."""
-    searches = merge([(p.name, *template(p.query, patient)) for p in deferred])
-    answers = await context.medplum.batch_named(
-        {
-            f"{_MERGED}{i}": BundleRequest.search(search.resource_type, search.query)
-            for i, search in enumerate(searches)
-        }
-    )
+    searches, reads = _prefetch_reads(deferred, patient)
+    answers = await context.medplum.batch_named(reads)
     found, short = _split_prefetch(searches, answers)
     prefetched.update(found)
     return 1 + await _fetch_short(context, short, searches, prefetched)
