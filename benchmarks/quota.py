@@ -164,6 +164,23 @@ def _logged_points(stack: Stack) -> dict[int, int]:
     return points
 
 
+def coalescing_stack(
+    devserver: DevServer, database_url: str, *, by_patient: str, window_ms: int
+) -> Stack:
+    """The production receiver and worker with coalescing on (``by_patient``: the handlers
+    coalesced per patient) and the periodic sweep off (every event comes from a
+    notification)."""
+    return Stack(
+        devserver.base_url,
+        database_url,
+        extra_env={
+            "STARVIT_SWEEP_INTERVAL_SECONDS": "0",
+            "STARVIT_COALESCE_BY_PATIENT": by_patient,
+            "STARVIT_COALESCE_WINDOW_MS": str(window_ms),
+        },
+    )
+
+
 def run(pg: Postgres, scenario: QuotaScenario) -> dict[str, Any]:
     phases: dict[int, str] = {}
     started = time.monotonic()
@@ -173,16 +190,8 @@ def run(pg: Postgres, scenario: QuotaScenario) -> dict[str, Any]:
             env={"SUBSCRIPTION_RETRY_BASE_MS": "1000", "MEDPLUM_FHIR_QUOTA": str(scenario.quota)}
         ) as devserver,
     ):
-        stack = Stack(
-            devserver.base_url,
-            database_url,
-            extra_env={
-                "STARVIT_SWEEP_INTERVAL_SECONDS": "0",
-                "STARVIT_COALESCE_BY_PATIENT": "bmi,obesity",
-                # A burst written back to back arrives within half a second.
-                "STARVIT_COALESCE_WINDOW_MS": "500",
-            },
-        )
+        # A burst written back to back arrives within half a second.
+        stack = coalescing_stack(devserver, database_url, by_patient="bmi,obesity", window_ms=500)
         try:
             stack.start_receiver(workers=1)
             base = devserver.base_url

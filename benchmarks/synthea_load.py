@@ -31,18 +31,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from app.integrations.medplum import MedplumClient
 from benchmarks.e2e import _stats, _sync
-from benchmarks.quota import SERVICE_MEMBERSHIP, _logged_points, _settle
+from benchmarks.quota import (
+    SERVICE_MEMBERSHIP,
+    _events,
+    _logged_points,
+    _settle,
+    coalescing_stack,
+)
 from benchmarks.servers import Postgres, close_stack
 from devtools import synthea
 from devtools.devserver import DevServer
-from devtools.stack import Stack
 
 # The first measurement of this load on the stand-in: commit 4d76a8e (the last before the quota
-# work), the same shifted bundles and coalescing settings, one worker process; see
+# work, which had no coalescing: its settings were ignored), the same shifted bundles, one
+# worker process; see
 # docs/benchmarks.md ("The shipped Synthea load") for the command.
 FIRST_MEASUREMENT = {"commit": "4d76a8e", "service_points": 335_862, "events": 1_578}
 COALESCE_BY_PATIENT = "bmi,obesity,egfr,hba1c"
@@ -61,13 +65,6 @@ def shifted_copy(source: Path, target: Path, *, latest: datetime, patients: int 
             count += 1
         (target / path.name).write_text(json.dumps(bundle), encoding="utf-8")
     return count
-
-
-def _events(database_url: str) -> list[tuple[Any, ...]]:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        return list(
-            conn.execute("SELECT id, handler, status, outcome FROM starvit.event_keys ORDER BY id")
-        )
 
 
 def run(
@@ -93,14 +90,11 @@ def run(
                 env={"SUBSCRIPTION_RETRY_BASE_MS": "1000", "MEDPLUM_FHIR_QUOTA": "100000000"}
             ) as devserver,
         ):
-            stack = Stack(
-                devserver.base_url,
+            stack = coalescing_stack(
+                devserver,
                 database_url,
-                extra_env={
-                    "STARVIT_SWEEP_INTERVAL_SECONDS": "0",
-                    "STARVIT_COALESCE_BY_PATIENT": COALESCE_BY_PATIENT,
-                    "STARVIT_COALESCE_WINDOW_MS": str(COALESCE_WINDOW_MS),
-                },
+                by_patient=COALESCE_BY_PATIENT,
+                window_ms=COALESCE_WINDOW_MS,
             )
             try:
                 stack.start_receiver(workers=1)
@@ -120,7 +114,7 @@ def run(
     charged = int(quota.get("by_membership", {}).get(SERVICE_MEMBERSHIP, 0))
     outcomes: dict[str, int] = {}
     points: dict[str, int] = {}
-    for event_id, handler, _status, outcome in events:
+    for event_id, handler, _status, outcome, _attempts in events:
         name = f"{handler}: {outcome}"
         outcomes[name] = outcomes.get(name, 0) + 1
         points[name] = points.get(name, 0) + logged.get(int(event_id), 0)
