@@ -197,6 +197,28 @@ async def test_provenance_chain_without_provenance_says_none_yet(
     assert "Verified (Provenance agent verifier): (none yet)" in text
 
 
+def verified_by_alice(target: str) -> JSONObject:
+    """The Provenance a clinician's decision leaves on ``target``: alice as its verifier."""
+    return {
+        "resourceType": "Provenance",
+        "target": [{"reference": target}],
+        "recorded": "2026-01-02T00:00:00Z",
+        "agent": [
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                            "code": "verifier",
+                        }
+                    ]
+                },
+                "who": {"reference": "Practitioner/clinician-alice"},
+            }
+        ],
+    }
+
+
 async def test_provenance_chain_follows_evidence_bot_and_decision(
     admin: MedplumClient, alice: ClinicianSession
 ) -> None:
@@ -250,26 +272,7 @@ async def test_provenance_chain_follows_evidence_bot_and_decision(
         }
     )
     await clinician.approve(alice, task_id)
-    await admin.create(
-        {
-            "resourceType": "Provenance",
-            "target": [{"reference": observation}],
-            "recorded": "2026-01-02T00:00:00Z",
-            "agent": [
-                {
-                    "type": {
-                        "coding": [
-                            {
-                                "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
-                                "code": "verifier",
-                            }
-                        ]
-                    },
-                    "who": {"reference": "Practitioner/clinician-alice"},
-                }
-            ],
-        }
-    )
+    await admin.create(verified_by_alice(observation))
     text = "\n".join(await clinician.provenance_chain(alice, task_id))
     assert "Provenance (2):" in text
     assert "agent assembler: Device bmi@1.0.0" in text
@@ -295,25 +298,6 @@ async def test_provenance_chain_of_a_results_review_list_follows_its_items(
     )
     await admin.update({**rows, "id": task_id}, idempotent=True)
     # The clinician's decision on the list names each listed result, not the list Task.
-    await admin.create(
-        {
-            "resourceType": "Provenance",
-            "target": [{"reference": observation}],
-            "recorded": "2026-01-02T00:00:00Z",
-            "agent": [
-                {
-                    "type": {
-                        "coding": [
-                            {
-                                "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
-                                "code": "verifier",
-                            }
-                        ]
-                    },
-                    "who": {"reference": "Practitioner/clinician-alice"},
-                }
-            ],
-        }
-    )
+    await admin.create(verified_by_alice(observation))
     text = "\n".join(await clinician.provenance_chain(alice, task_id))
     assert "Verified: Practitioner/clinician-alice in Provenance/" in text
